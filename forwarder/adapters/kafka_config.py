@@ -1,0 +1,205 @@
+"""Reading the config topic and the storage topic.
+
+The config consumer assigns partitions itself instead of joining a consumer group: a group
+join costs tens of seconds on some brokers, and the forwarder must take configuration within
+two seconds of starting.  It starts at the first message produced after the process
+started (offsets-for-times), so a config message sent while the forwarder was still
+connecting is not missed, and it picks up partitions (or the whole topic) that appear later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+log = logging.getLogger(__name__)
+
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "fetch.wait.max.ms": 100,
+    "topic.metadata.refresh.interval.ms": 5000,
+    "allow.auto.create.topics": False,
+}
+
+
+def _consumer(config: Mapping[str, Any]) -> Consumer:
+    conf: dict[str, Any] = dict(_CONSUMER_DEFAULTS)
+    conf["group.id"] = f"forwarder-{uuid.uuid4()}"  # never joined; required by librdkafka
+    conf.update(config)
+    return Consumer(conf)
+
+
+class ConfigTopicConsumer:
+    """Yields raw config messages from every partition of the config topic."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, start_ms: int | None = None) -> None:
+        self.topic = topic
+        self._consumer = _consumer(config)
+        self._start_ms = int(time.time() * 1000) if start_ms is None else start_ms
+        self._assigned: set[int] = set()
+        self._next_refresh = 0.0
+        self.alive = True
+        self.last_error = ""
+        self.refresh_assignment()
+
+    def refresh_assignment(self) -> None:
+        """Assign partitions not yet assigned (topic created or grown after start)."""
+        try:
+            md = self._consumer.list_topics(self.topic, timeout=2.0)
+        except KafkaException as err:
+            self.last_error = str(err)
+            log.warning("config topic %r: metadata not available yet: %s", self.topic, err)
+            return
+        topic_md = md.topics.get(self.topic)
+        if topic_md is None or topic_md.error is not None or not topic_md.partitions:
+            return
+        new = sorted(set(topic_md.partitions) - self._assigned)
+        if not new:
+            return
+        first_time = not self._assigned
+        tps = [TopicPartition(self.topic, p, self._start_ms) for p in new]
+        try:
+            found = self._consumer.offsets_for_times(tps, timeout=5.0)
+        except KafkaException as err:
+            log.warning("config topic %r: offsets-for-times failed (%s); reading new messages only", self.topic, err)
+            found = [TopicPartition(self.topic, p, OFFSET_END) for p in new]
+        start: list[TopicPartition] = []
+        for tp in found:
+            offset = tp.offset
+            if offset < 0:
+                # No message since we started: begin at the end, or, for a partition that
+                # appeared after start, at its beginning (all of it is new).
+                offset = OFFSET_END if first_time else OFFSET_BEGINNING
+            start.append(TopicPartition(self.topic, tp.partition, offset))
+        self._consumer.incremental_assign(start)
+        self._assigned.update(new)
+        log.info("config topic %r: reading partitions %s", self.topic, new)
+
+    def poll(self, timeout_s: float) -> bytes | None:
+        """One message value or None; never raises on broker trouble."""
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + 5.0
+            self.refresh_assignment()
+        try:
+            msg = self._consumer.poll(timeout_s)
+        except (KafkaException, RuntimeError) as err:
+            self.last_error = str(err)
+            log.error("config consumer failed: %s", err)
+            return None
+        if msg is None:
+            return None
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                self.last_error = err.str()
+                log.warning("config topic %r: %s", self.topic, err.str())
+            return None
+        value = msg.value()
+        return bytes(value) if value is not None else b""
+
+    def close(self) -> None:
+        self.alive = False
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError):
+            pass
+
+
+def read_topic_to_end(
+    config: Mapping[str, Any], topic: str, timeout_s: float = 10.0, settle_s: float = 1.0
+) -> list[bytes]:
+    """Every message value of `topic`, oldest first within each partition, ordered by
+    broker timestamp across partitions.
+
+    The end is found by partition EOF *and* a quiet period of `settle_s`: some brokers
+    report a high watermark below the real end of the log, so EOF alone is not trusted.
+    A missing topic yields an empty list.
+    """
+    conf: dict[str, Any] = dict(config)
+    conf["enable.partition.eof"] = True
+    consumer = _consumer(conf)
+    try:
+        try:
+            md = consumer.list_topics(topic, timeout=5.0)
+        except KafkaException as err:
+            raise ConnectionError(f"cannot read storage topic {topic!r}: {err}") from err
+        topic_md = md.topics.get(topic)
+        if topic_md is None or topic_md.error is not None or not topic_md.partitions:
+            return []
+        parts = sorted(topic_md.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        found: list[tuple[int, int, int, bytes]] = []
+        eof: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        last_activity = time.monotonic()
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            now = time.monotonic()
+            if msg is None:
+                if len(eof) == len(parts) and now - last_activity >= settle_s:
+                    break
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                else:
+                    log.warning("storage topic %r: %s", topic, err.str())
+                continue
+            last_activity = now
+            eof.discard(msg.partition())
+            _, ts = msg.timestamp()
+            found.append((ts, msg.partition(), msg.offset(), bytes(msg.value() or b"")))
+        else:
+            log.warning("storage topic %r: not read to its end within %.0f s", topic, timeout_s)
+        found.sort(key=lambda m: (m[0], m[1], m[2]))
+        return [m[3] for m in found]
+    finally:
+        consumer.close()
+
+
+class TopicWriter:
+    """A small producer for low-rate messages (status, storage)."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        conf: dict[str, Any] = {"linger.ms": 0, "message.max.bytes": 64 * 1024 * 1024}
+        conf.update(config)
+        conf["error_cb"] = self._on_error
+        self.topic = topic
+        self._producer = Producer(conf)
+        self.failures = 0
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.debug("writer for %r: %s", self.topic, err.str())
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.failures += 1
+            log.warning("message to %r not delivered: %s", self.topic, err.str())
+
+    def write(self, payload: bytes, key: bytes | None = None) -> None:
+        try:
+            self._producer.produce(self.topic, payload, key, on_delivery=self._on_delivery)
+        except (BufferError, KafkaException) as err:
+            self.failures += 1
+            log.warning("cannot write to %r: %s", self.topic, err)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float) -> int:
+        return int(self._producer.flush(timeout_s))

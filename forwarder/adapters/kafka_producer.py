@@ -1,0 +1,134 @@
+"""The one librdkafka producer that carries all forwarded data.
+
+`send` is called from EPICS callback threads and must never block: when librdkafka's queue
+is full the message is dropped and counted instead of waiting.  Delivery reports are
+requested for failures only (`delivery.report.only.error`), so a healthy stream costs no
+Python callback per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from forwarder.core.counters import Drop, ProcessCounters
+from forwarder.core.forwarding import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+#: Throughput-oriented defaults with bounded latency; every key can be overridden by -X.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "batch.size": 4 * 1024 * 1024,
+    "compression.type": "lz4",
+    "message.max.bytes": 64 * 1024 * 1024,
+    "queue.buffering.max.kbytes": 1024 * 1024,
+    "message.timeout.ms": 300_000,
+    "delivery.report.only.error": True,
+    "statistics.interval.ms": 0,
+}
+
+
+class KafkaSink:
+    """Implements `forwarder.core.forwarding.Sink` on confluent-kafka."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        counters: ProcessCounters,
+        reporter: Reporter | None = None,
+        queue_max_messages: int = 1_000_000,
+    ) -> None:
+        conf: dict[str, Any] = dict(PRODUCER_DEFAULTS)
+        conf["queue.buffering.max.messages"] = queue_max_messages
+        conf.update(config)
+        conf["on_delivery"] = self._on_delivery
+        conf["error_cb"] = self._on_error
+        self.counters = counters
+        self.reporter: Reporter = reporter or NullReporter()
+        self._producer = Producer(conf)
+        self._produce = self._producer.produce
+        self._stop = threading.Event()
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._all_brokers_down = False
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    # -- hot path ---------------------------------------------------------------------
+    def send(self, topic: str, key: bytes, payload: bytes, timestamp_ms: int) -> bool:
+        try:
+            self._produce(topic, payload, key, timestamp=timestamp_ms)
+        except BufferError:
+            self.counters.drop(Drop.QUEUE_FULL)
+            self.reporter.problem(
+                "queue_full",
+                f"producer queue full ({len(self._producer)} messages waiting): "
+                "dropping updates until the broker catches up",
+            )
+            return False
+        except (KafkaException, TypeError, ValueError) as err:
+            self.counters.drop(Drop.DELIVERY_FAILED)
+            self.reporter.problem(f"produce:{topic}", f"cannot produce to {topic!r}: {err}")
+            return False
+        self.counters.messages_produced += 1
+        return True
+
+    # -- callbacks (producer poll thread) ---------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            return
+        self.counters.drop(Drop.DELIVERY_FAILED)
+        topic = msg.topic() if msg is not None else "?"
+        self.reporter.problem(f"delivery:{topic}", f"delivery to {topic!r} failed: {err.str()}")
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._last_error = err.str()
+        self._last_error_at = time.monotonic()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._all_brokers_down = True
+        self.reporter.problem("producer_error", f"Kafka producer: {err.str()}")
+
+    def _poll_loop(self) -> None:
+        poll = self._producer.poll
+        while not self._stop.is_set():
+            try:
+                poll(0.1)
+            except Exception as err:  # noqa: BLE001 - keep serving delivery reports
+                log.error("producer poll failed: %s", err)
+
+    # -- introspection ----------------------------------------------------------------
+    def queue_length(self) -> int:
+        return len(self._producer)
+
+    def broker_reachable(self, timeout_s: float = 2.0) -> bool:
+        """Ask the cluster for metadata; used by the health check."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        self._all_brokers_down = False
+        return True
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def flush(self, timeout_s: float) -> int:
+        """Deliver what is queued, waiting at most `timeout_s`; returns what is left."""
+        return int(self._producer.flush(timeout_s))
+
+    def close(self, timeout_s: float = 3.0) -> int:
+        left = self.flush(timeout_s)
+        self._stop.set()
+        self._poller.join(timeout=1.0)
+        if left:
+            self.counters.drop(Drop.DELIVERY_FAILED, left)
+            log.warning("%d messages were still queued at shutdown and are lost", left)
+        return left

@@ -1,0 +1,185 @@
+"""Kafka addresses as operators write them, turned into librdkafka settings.
+
+The command line takes one compact string per Kafka endpoint,
+``[SASL_MECHANISM\\username@]host:port[,host:port...][/topic]``, so that a broker list, a
+topic and SASL credentials travel together.  Passwords are never part of the string: they
+come from separate options (or environment variables) so they do not leak into process
+listings or error messages.  Error messages never echo the credentials part either.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Canonical spelling of every SASL mechanism we accept, keyed by upper-case input.
+SASL_MECHANISMS = {m.upper(): m for m in ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")}
+#: librdkafka `security.protocol` values.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+
+# Kafka's own rule for topic names (see kafka.common.internals.Topic).
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_REDACT_MARKERS = ("password", "secret")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaUri:
+    """A parsed address: `bootstrap` is the normalised ``host:port[,host:port]`` list."""
+
+    bootstrap: str
+    topic: str | None = None
+    sasl_mechanism: str | None = None
+    username: str | None = None
+
+    def __str__(self) -> str:
+        """Round-trips through `parse_kafka_uri`; safe to log (holds no password)."""
+        creds = f"{self.sasl_mechanism}\\{self.username}@" if self.sasl_mechanism else ""
+        topic = f"/{self.topic}" if self.topic is not None else ""
+        return f"{creds}{self.bootstrap}{topic}"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split one ``host:port`` (``[v6addr]:port`` allowed); shared with Graylog addresses."""
+    item = text.strip()
+    if not item:
+        raise ValueError("empty address (expected host:port)")
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"malformed IPv6 address in {item!r} (expected [addr]:port)")
+        if not rest.startswith(":"):
+            raise ValueError(f"missing port in {item!r} (expected [addr]:port)")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"missing port in {item!r} (expected host:port)")
+        if not host:
+            raise ValueError(f"missing host in {item!r} (expected host:port)")
+        if not _HOST_RE.match(host):
+            raise ValueError(f"invalid host name {host!r}")
+    if not port_text:
+        raise ValueError(f"missing port in {item!r} (expected host:port)")
+    if not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return host, port
+
+
+def _format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_credentials(creds: str) -> tuple[str, str]:
+    mechanism, sep, username = creds.partition("\\")
+    if not sep:
+        # Do not echo `creds`: people sometimes put `user:password` there.
+        raise ValueError(
+            "credentials before '@' must be written MECHANISM\\username "
+            f"(mechanism one of {', '.join(SASL_MECHANISMS.values())})"
+        )
+    canonical = SASL_MECHANISMS.get(mechanism.strip().upper())
+    if canonical is None:
+        raise ValueError(
+            f"unknown SASL mechanism {mechanism.strip()!r} "
+            f"(expected one of {', '.join(SASL_MECHANISMS.values())})"
+        )
+    if not username:
+        raise ValueError("SASL username is empty")
+    return canonical, username
+
+
+def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
+    """Parse an address; `require_topic` True means a topic is mandatory, False forbidden.
+
+    Forbidding a topic where none is used (the output broker) catches operators who think
+    the topic given there has an effect.
+    """
+    raw = text.strip()
+    if not raw:
+        raise ValueError("empty Kafka address")
+    mechanism: str | None = None
+    username: str | None = None
+    if "@" in raw:
+        # Topics and host names cannot contain '@', so the last one ends the credentials.
+        creds, _, raw = raw.rpartition("@")
+        mechanism, username = _parse_credentials(creds)
+    hosts_text, slash, topic_text = raw.partition("/")
+    topic: str | None = None
+    if slash:
+        if not topic_text:
+            raise ValueError("topic after '/' is empty")
+        if not _TOPIC_RE.match(topic_text) or topic_text in (".", ".."):
+            raise ValueError(
+                f"invalid topic name {topic_text!r} (allowed: letters, digits, '.', '_', '-')"
+            )
+        topic = topic_text
+    if require_topic and topic is None:
+        raise ValueError("missing topic (expected host:port/topic)")
+    if not require_topic and topic is not None:
+        raise ValueError(f"a topic ({topic!r}) is not allowed here (expected host:port only)")
+    if not hosts_text.strip():
+        raise ValueError("missing host (expected host:port)")
+    servers = [_format_host_port(*parse_host_port(item)) for item in hosts_text.split(",")]
+    return KafkaUri(",".join(servers), topic, mechanism, username)
+
+
+def librdkafka_config(
+    uri: KafkaUri,
+    password: str | None,
+    security_protocol: str | None,
+    ssl_ca_file: str | None,
+    extra: Mapping[str, str],
+    *,
+    password_option: str = "the SASL password",
+) -> dict[str, str]:
+    """Build the librdkafka settings for one endpoint.
+
+    The security protocol is derived so the common cases need no extra option: SASL
+    credentials imply SASL_PLAINTEXT, upgraded to SASL_SSL when a CA file is given; a CA
+    file alone implies SSL.  `extra` (``-X key=value``) comes last so operators can
+    override anything we chose.  `password_option` names the option in the error raised
+    when SASL credentials lack a password.
+    """
+    config: dict[str, str] = {"bootstrap.servers": uri.bootstrap}
+    protocol = security_protocol.strip().upper() if security_protocol else None
+    if protocol is not None and protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"unknown security protocol {security_protocol!r} "
+            f"(expected one of {', '.join(SECURITY_PROTOCOLS)})"
+        )
+    if uri.sasl_mechanism is not None:
+        if not password:
+            raise ValueError(
+                f"{password_option} is required for SASL user {uri.username!r} on {uri.bootstrap}"
+            )
+        if protocol is None:
+            protocol = "SASL_SSL" if ssl_ca_file else "SASL_PLAINTEXT"
+        elif not protocol.startswith("SASL_"):
+            raise ValueError(
+                f"security protocol {protocol} cannot carry the SASL credentials of {uri}"
+            )
+        config["sasl.mechanism"] = uri.sasl_mechanism
+        config["sasl.username"] = uri.username or ""
+        config["sasl.password"] = password
+    elif protocol is None and ssl_ca_file:
+        protocol = "SSL"
+    if protocol is not None:
+        config["security.protocol"] = protocol
+    if ssl_ca_file:
+        config["ssl.ca.location"] = ssl_ca_file
+    for key, value in extra.items():
+        config[key] = value
+    return config
+
+
+def redact(config: Mapping[str, str]) -> dict[str, str]:
+    """Copy of `config` fit for logs: values of password/secret keys become ``***``."""
+    return {
+        key: "***" if any(m in key.lower() for m in _REDACT_MARKERS) else value
+        for key, value in config.items()
+    }

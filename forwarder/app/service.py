@@ -1,0 +1,347 @@
+"""Wires the pure core to the adapters and runs the one control loop.
+
+The control loop (the main thread) does everything that is not an EPICS callback: it polls
+the config topic, applies changes, and runs the timers (periodic re-sends, fake PV ticks,
+status messages).  EPICS callbacks go straight from the adapter's threads through the core
+into the producer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from forwarder.adapters.kafka_config import ConfigTopicConsumer, TopicWriter, read_topic_to_end
+from forwarder.adapters.kafka_producer import KafkaSink
+from forwarder.app.reporting import LogReporter
+from forwarder.core.config_messages import (
+    ConfigCommand,
+    ConfigMessageError,
+    UpdateKind,
+    decode_config_message,
+    encode_config_message,
+)
+from forwarder.core.counters import Drop, ProcessCounters
+from forwarder.core.events import Monitors
+from forwarder.core.forwarding import Channel, ForwardingCore, StreamOutput, Subscribers
+from forwarder.core.registry import Change, StreamRegistry
+from forwarder.core.scheduler import ResendSchedule, Timers
+from forwarder.core.status import status_document, status_json
+from forwarder.core.streams import Protocol, StreamSpec
+from forwarder.core.timestamps import TimestampPolicy
+
+log = logging.getLogger("forwarder")
+
+SOFTWARE_NAME = "forwarder"
+
+
+class ServiceSettings:
+    """What the service needs from the command line, resolved into librdkafka configs."""
+
+    def __init__(
+        self,
+        *,
+        output_config: dict[str, Any],
+        config_config: dict[str, Any],
+        config_topic: str,
+        status_config: dict[str, Any] | None = None,
+        status_topic: str | None = None,
+        storage_config: dict[str, Any] | None = None,
+        storage_topic: str | None = None,
+        skip_retrieval: bool = False,
+        pv_update_period_ms: int | None = None,
+        fake_pv_period_ms: int = 1000,
+        status_interval_ms: int = 4000,
+        service_id: str = "forwarder",
+        use_receive_time: bool = False,
+        producer_queue_max_messages: int = 1_000_000,
+        version: str = "0+unknown",
+    ) -> None:
+        self.output_config = output_config
+        self.config_config = config_config
+        self.config_topic = config_topic
+        self.status_config = status_config
+        self.status_topic = status_topic
+        self.storage_config = storage_config
+        self.storage_topic = storage_topic
+        self.skip_retrieval = skip_retrieval
+        self.pv_update_period_ms = pv_update_period_ms
+        self.fake_pv_period_ms = fake_pv_period_ms
+        self.status_interval_ms = status_interval_ms
+        self.service_id = service_id
+        self.use_receive_time = use_receive_time
+        self.producer_queue_max_messages = producer_queue_max_messages
+        self.version = version
+
+
+def _make_monitors(protocol: Protocol, fake_period_ms: int) -> Monitors:
+    """Import adapters lazily: a forwarder with only CA streams never starts a PVA context."""
+    if protocol == Protocol.CA:
+        from forwarder.adapters.ca import CaMonitors
+
+        return CaMonitors()
+    if protocol == Protocol.PVA:
+        from forwarder.adapters.pva import PvaMonitors
+
+        return PvaMonitors()
+    from forwarder.adapters.fake import FakeMonitors
+
+    return FakeMonitors(fake_period_ms)
+
+
+class ForwarderService:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.counters = ProcessCounters()
+        self.reporter = LogReporter(log)
+        self.stop_event = threading.Event()
+        self.sink = KafkaSink(
+            settings.output_config,
+            self.counters,
+            self.reporter,
+            queue_max_messages=settings.producer_queue_max_messages,
+        )
+        self.monitors: dict[Protocol, Monitors] = {}
+        self.core = ForwardingCore(
+            sink=self.sink,
+            policy=TimestampPolicy(use_receive_time=settings.use_receive_time),
+            service_id=settings.service_id,
+            subscribers=Subscribers(self._subscribe, self._unsubscribe),
+            reporter=self.reporter,
+            counters=self.counters,
+        )
+        self.registry = StreamRegistry()
+        self.timers = Timers()
+        period = settings.pv_update_period_ms
+        self.resends: ResendSchedule[StreamOutput] | None = (
+            ResendSchedule(period * 1_000_000, self._last_sent_of) if period else None
+        )
+        self.status_writer = (
+            TopicWriter(settings.status_config or {}, settings.status_topic)
+            if settings.status_topic
+            else None
+        )
+        self.storage_writer = (
+            TopicWriter(settings.storage_config or {}, settings.storage_topic)
+            if settings.storage_topic
+            else None
+        )
+        self.config_consumer: ConfigTopicConsumer | None = None
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.status_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._periodic_warned = False
+
+    # -- monitors -----------------------------------------------------------------------
+    def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
+        monitors = self.monitors.get(protocol)
+        if monitors is None:
+            monitors = _make_monitors(protocol, self.settings.fake_pv_period_ms)
+            self.monitors[protocol] = monitors
+            if protocol == Protocol.FAKE:
+                period_ns = self.settings.fake_pv_period_ms * 1_000_000
+                tick: Callable[[int], None] = monitors.tick  # type: ignore[attr-defined]
+                self.timers.every(period_ns, lambda _now: tick(time.time_ns()), time.monotonic_ns())
+        return monitors.subscribe(name, channel)
+
+    @staticmethod
+    def _unsubscribe(subscription: Any) -> None:
+        subscription.close()
+
+    # -- re-send schedule ---------------------------------------------------------------
+    def _last_sent_of(self, out: StreamOutput) -> int | None:
+        if out.active and out.spec.periodic:
+            return out.last_sent_ns
+        out.scheduled = False
+        return None
+
+    def _run_resends(self, now_mono: int) -> None:
+        if self.resends is None:
+            return
+        due = self.resends.pop_due(now_mono, limit=20_000)
+        if not due:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        for out in due:
+            self.core.resend(out, now_ms)
+            out.last_sent_ns = now_mono
+
+    # -- configuration ------------------------------------------------------------------
+    def handle_config_message(self, raw: bytes) -> Change | None:
+        """Decode and apply one config message; never raises on bad input."""
+        try:
+            command = decode_config_message(raw, rf5k_periodic=self.resends is not None)
+        except ConfigMessageError as err:
+            self.counters.drop(Drop.BAD_CONFIG)
+            log.error("Ignored config message: %s", err)
+            return None
+        return self.apply(command, persist=True)
+
+    def apply(self, command: ConfigCommand, persist: bool) -> Change:
+        for reason in command.rejected:
+            self.counters.drop(Drop.BAD_CONFIG)
+            log.error("Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason)
+        change = self.registry.apply(command)
+        for spec in change.removed:
+            self.core.remove_stream(spec)
+            log.info("Removed stream %s", spec.describe())
+        for spec in change.added + change.updated:
+            self._start_stream(spec)
+        if change:
+            log.info(
+                "%s %s: %d added, %d removed, %d updated; %d streams configured",
+                command.schema_id,
+                command.kind.name,
+                len(change.added),
+                len(change.removed),
+                len(change.updated),
+                len(self.registry),
+            )
+            if persist:
+                self.store_configuration()
+            self.publish_status()
+        return change
+
+    def _start_stream(self, spec: StreamSpec) -> None:
+        try:
+            out = self.core.add_stream(spec)
+        except Exception as err:  # noqa: BLE001 - one bad PV must not stop the others
+            log.error("Cannot start stream %s: %s", spec.describe(), err)
+            return
+        log.info("Forwarding %s%s", spec.describe(), " (periodic)" if spec.periodic else "")
+        if spec.periodic:
+            if self.resends is None:
+                if not self._periodic_warned:
+                    self._periodic_warned = True
+                    log.warning(
+                        "Stream %s asks for periodic updates but --pv-update-period is not set; "
+                        "no re-sends will happen",
+                        spec.describe(),
+                    )
+            elif not out.scheduled:
+                out.scheduled = True
+                self.resends.add(out, time.monotonic_ns())
+
+    def store_configuration(self) -> None:
+        if self.storage_writer is None:
+            return
+        streams = self.registry.streams()
+        if streams:
+            payload = encode_config_message(UpdateKind.ADD, streams, "fc00")
+        else:
+            payload = encode_config_message(UpdateKind.REMOVEALL, [], "fc00")
+        self.storage_writer.write(payload, key=self.settings.service_id.encode())
+
+    def restore_configuration(self) -> None:
+        """Apply the last valid configuration in the storage topic (newest first)."""
+        if self.storage_topic_unusable():
+            return
+        assert self.settings.storage_topic is not None
+        try:
+            messages = read_topic_to_end(self.settings.storage_config or {}, self.settings.storage_topic)
+        except ConnectionError as err:
+            log.error("Configuration not restored: %s", err)
+            return
+        for raw in reversed(messages):
+            try:
+                command = decode_config_message(raw, rf5k_periodic=self.resends is not None)
+            except ConfigMessageError as err:
+                log.warning("Skipping unusable stored configuration: %s", err)
+                continue
+            if command.kind == UpdateKind.REMOVEALL:
+                log.info("Stored configuration is empty")
+                return
+            if command.kind not in (UpdateKind.ADD, UpdateKind.REPLACE):
+                log.warning("Skipping stored %s message: not a full configuration", command.kind.name)
+                continue
+            replace = ConfigCommand(
+                kind=UpdateKind.REPLACE,
+                streams=command.streams,
+                filters=[],
+                schema_id=command.schema_id,
+                rejected=command.rejected,
+            )
+            self.apply(replace, persist=False)
+            log.info("Restored %d streams from storage topic", len(self.registry))
+            return
+        log.info("No stored configuration found")
+
+    def storage_topic_unusable(self) -> bool:
+        return self.settings.skip_retrieval or not self.settings.storage_topic
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return status_document(
+            self.core, list(self.core.all_outputs()), self.counters, self.sink.queue_length()
+        )
+
+    def publish_status(self) -> None:
+        doc = self.status()
+        for listener in self.status_listeners:
+            listener(doc)
+        if self.status_writer is None:
+            return
+        from streaming_data_types.status_x5f2 import serialise_x5f2
+
+        payload = serialise_x5f2(
+            SOFTWARE_NAME,
+            self.settings.version,
+            self.settings.service_id,
+            self.host,
+            self.pid,
+            self.settings.status_interval_ms,
+            status_json(doc),
+        )
+        self.status_writer.write(payload, key=self.settings.service_id.encode())
+
+    # -- main loop ----------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        self.config_consumer = ConfigTopicConsumer(s.config_config, s.config_topic)
+        if not s.skip_retrieval and s.storage_topic:
+            self.restore_configuration()
+        self.timers.every(
+            s.status_interval_ms * 1_000_000, lambda _n: self.publish_status(), time.monotonic_ns()
+        )
+
+    def run(self) -> None:
+        """Serve until `stop_event` is set."""
+        self.start()
+        consumer = self.config_consumer
+        assert consumer is not None
+        while not self.stop_event.is_set():
+            now = time.monotonic_ns()
+            next_due = self.timers.next_due_ns()
+            if self.resends is not None:
+                r = self.resends.next_due_ns()
+                if r is not None and (next_due is None or r < next_due):
+                    next_due = r
+            wait = 0.1 if next_due is None else min(0.1, max(0.0, (next_due - now) / 1e9))
+            raw = consumer.poll(wait)
+            if raw is not None:
+                self.handle_config_message(raw)
+            now = time.monotonic_ns()
+            self.timers.run_due(now)
+            self._run_resends(now)
+
+    def shutdown(self, flush_timeout_s: float = 3.0) -> None:
+        """Stop monitors, flush queued messages (bounded) and close Kafka clients."""
+        self.core.close()
+        for monitors in self.monitors.values():
+            try:
+                monitors.close()
+            except Exception as err:  # noqa: BLE001 - shutdown must go on
+                log.warning("closing monitors: %s", err)
+        if self.config_consumer is not None:
+            self.config_consumer.close()
+        left = self.sink.close(flush_timeout_s)
+        for writer in (self.status_writer, self.storage_writer):
+            if writer is not None:
+                writer.flush(0.5)
+        log.info("Stopped (%d messages not delivered)", left)

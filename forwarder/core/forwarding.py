@@ -1,0 +1,322 @@
+"""The forwarding core: EPICS events in, serialised Kafka messages out.
+
+One `Channel` per (protocol, PV) receives the adapter's callbacks and fans each update out
+to that PV's `StreamOutput`s (one per configured stream).  Subscribing once per PV, however
+many streams use it, keeps the EPICS side cheap and lets two streams of one PV live and die
+independently.
+
+The hot path (`Channel.on_update`) does: timestamp check, one serialise per stream, one
+`sink.send` per stream.  No locks and no logging there; problems are counted and reported
+through `Reporter.problem`, which the application rate-limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from forwarder.core.counters import Drop, ProcessCounters
+from forwarder.core.events import ConnectionState
+from forwarder.core.serialise import (
+    UnsupportedValue,
+    ValueSerialiser,
+    make_value_serialiser,
+    serialise_alarm,
+    serialise_connection,
+)
+from forwarder.core.streams import ALARM_SCHEMAS, Protocol as EpicsProtocol, StreamSpec
+from forwarder.core.timestamps import TimestampPolicy
+
+_NO_ALARM: tuple[int, str] = (-1, "")
+
+
+class Sink(Protocol):
+    """Where messages go (the Kafka producer adapter).  Must never block."""
+
+    def send(self, topic: str, key: bytes, payload: bytes, timestamp_ms: int) -> bool:
+        """Queue one message; False when it was dropped (and counted by the sink)."""
+        ...
+
+
+class Reporter(Protocol):
+    """Receives problems worth a log line; implementations rate-limit per key."""
+
+    def problem(self, key: str, message: str) -> None: ...
+
+
+class StreamOutput:
+    """One configured stream's state: serialiser, last messages for re-sends, counters."""
+
+    __slots__ = (
+        "spec",
+        "topic",
+        "key",
+        "serialiser",
+        "wants_alarm",
+        "last_value",
+        "last_alarm",
+        "last_connection",
+        "last_sent_ns",
+        "last_update_ns",
+        "alarm_state",
+        "forwarded",
+        "dropped",
+        "unsupported_reported",
+        "active",
+        "scheduled",
+    )
+
+    def __init__(self, spec: StreamSpec, serialiser: ValueSerialiser) -> None:
+        self.spec = spec
+        self.topic = spec.topic
+        self.key = spec.channel.encode()
+        self.serialiser = serialiser
+        self.wants_alarm = spec.schema in ALARM_SCHEMAS
+        #: Last messages (payload, FlatBuffer timestamp in ms) kept for periodic re-sends.
+        self.last_value: bytes | None = None
+        self.last_alarm: bytes | None = None
+        self.last_connection: bytes | None = None
+        #: Monotonic time of the last message sent on this stream (for the re-send schedule).
+        self.last_sent_ns = 0
+        #: Wall-clock unix ns of the last forwarded update (for status).
+        self.last_update_ns = 0
+        self.alarm_state = _NO_ALARM
+        self.forwarded = 0
+        self.dropped = 0
+        self.unsupported_reported = False
+        self.active = True
+        #: Whether the re-send schedule holds an entry for this stream (owned by the app).
+        self.scheduled = False
+
+
+class Channel:
+    """Receives one PV's events from an adapter (implements `ChannelListener`)."""
+
+    __slots__ = (
+        "protocol",
+        "name",
+        "outputs",
+        "previous_ts_ns",
+        "connection",
+        "connection_ts_ns",
+        "subscription",
+        "_core",
+    )
+
+    def __init__(self, protocol: EpicsProtocol, name: str, core: ForwardingCore) -> None:
+        self.protocol = protocol
+        self.name = name
+        #: Replaced (never mutated) when streams come and go, so callback threads can
+        #: iterate it without a lock.
+        self.outputs: tuple[StreamOutput, ...] = ()
+        self.previous_ts_ns = 0
+        self.connection = ConnectionState.NEVER_CONNECTED
+        self.connection_ts_ns = 0
+        self.subscription: Any = None
+        self._core = core
+
+    # -- ChannelListener -------------------------------------------------------------
+    def on_update(self, value: Any, timestamp_ns: int, severity: int, status_message: str) -> None:
+        core = self._core
+        counters = core.counters
+        counters.updates_received += 1
+        now_ns = time.time_ns()
+        ts_ns, reason = core.policy.check(timestamp_ns, self.previous_ts_ns, now_ns)
+        outputs = self.outputs
+        if reason is not None:
+            drop = Drop(reason.value)
+            counters.drop(drop)
+            for out in outputs:
+                out.dropped += 1
+            core.reporter.problem(
+                f"{drop.value}:{self.name}",
+                f"{self.name}: update dropped ({drop.value}, EPICS timestamp "
+                f"{timestamp_ns / 1e9:.3f} s, now {now_ns / 1e9:.3f} s)",
+            )
+            return
+        self.previous_ts_ns = ts_ns
+        ts_ms = ts_ns // 1_000_000
+        send = core.sink.send
+        mono = time.monotonic_ns()
+        alarm = (severity, status_message)
+        forwarded_any = False
+        for out in outputs:
+            try:
+                payload = out.serialiser.serialise(value, ts_ns)
+            except UnsupportedValue as err:
+                payload = None
+                out.dropped += 1
+                counters.drop(Drop.UNSUPPORTED_TYPE)
+                if not out.unsupported_reported:
+                    out.unsupported_reported = True
+                    core.reporter.problem(
+                        f"unsupported:{self.name}:{out.spec.schema}",
+                        f"{self.name}: {out.spec.schema} cannot carry this PV's values ({err}); "
+                        "its updates are counted as dropped, connection and alarm "
+                        "messages are still forwarded",
+                    )
+            except Exception as err:  # noqa: BLE001 - a bad value must never kill a callback
+                payload = None
+                out.dropped += 1
+                counters.drop(Drop.SERIALISE_ERROR)
+                core.reporter.problem(
+                    f"serialise:{self.name}", f"{self.name}: serialisation failed: {err!r}"
+                )
+            if payload is not None:
+                if send(out.topic, out.key, payload, ts_ms):
+                    out.forwarded += 1
+                    forwarded_any = True
+                else:
+                    out.dropped += 1
+                out.last_value = payload
+                out.last_update_ns = now_ns
+                out.last_sent_ns = mono
+            elif type(value) is not str and _is_empty(value):
+                counters.empty_updates += 1
+            if out.wants_alarm and alarm != out.alarm_state:
+                out.alarm_state = alarm
+                msg = serialise_alarm(self.name, ts_ns, severity, status_message)
+                out.last_alarm = msg
+                send(out.topic, out.key, msg, ts_ms)
+                out.last_sent_ns = mono
+        if forwarded_any:
+            counters.updates_forwarded += 1
+
+    def on_connection(self, state: ConnectionState, timestamp_ns: int) -> None:
+        if state == self.connection:
+            return
+        self.connection = state
+        self.connection_ts_ns = timestamp_ns
+        core = self._core
+        for out in self.outputs:
+            core.send_connection(self, out)
+
+    # -- helpers ---------------------------------------------------------------------
+    def connection_message(self, out: StreamOutput) -> bytes:
+        ts = self.connection_ts_ns or time.time_ns()
+        return serialise_connection(self.name, ts, self.connection, self._core.service_id)
+
+
+def _is_empty(value: Any) -> bool:
+    try:
+        return len(value) == 0
+    except TypeError:
+        return False
+
+
+@dataclass
+class Subscribers:
+    """How the core starts and stops EPICS monitors, one callable per protocol."""
+
+    subscribe: Callable[[EpicsProtocol, str, Channel], Any]
+    unsubscribe: Callable[[Any], None]
+
+
+class NullReporter:
+    def problem(self, key: str, message: str) -> None:  # pragma: no cover - trivial
+        pass
+
+
+class ForwardingCore:
+    """Owns channels and stream outputs; applied to by the config controller.
+
+    Adding and removing streams happens on the control thread; EPICS callbacks only read
+    `Channel.outputs`, which is swapped atomically.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        policy: TimestampPolicy,
+        service_id: str,
+        subscribers: Subscribers,
+        reporter: Reporter | None = None,
+        counters: ProcessCounters | None = None,
+    ) -> None:
+        self.sink = sink
+        self.policy = policy
+        self.service_id = service_id
+        self.subscribers = subscribers
+        self.reporter: Reporter = reporter or NullReporter()
+        self.counters = counters or ProcessCounters()
+        self.channels: dict[tuple[EpicsProtocol, str], Channel] = {}
+        self.outputs: dict[tuple[str, str, str, EpicsProtocol], StreamOutput] = {}
+
+    def add_stream(self, spec: StreamSpec) -> StreamOutput:
+        """Start forwarding `spec`; subscribes the PV if no other stream uses it yet."""
+        existing = self.outputs.get(spec.key)
+        if existing is not None:
+            existing.spec = spec
+            return existing
+        out = StreamOutput(spec, make_value_serialiser(spec.schema, spec.channel))
+        self.outputs[spec.key] = out
+        ckey = (spec.protocol, spec.channel)
+        channel = self.channels.get(ckey)
+        if channel is None:
+            channel = Channel(spec.protocol, spec.channel, self)
+            self.channels[ckey] = channel
+            channel.outputs = (out,)
+            channel.subscription = self.subscribers.subscribe(spec.protocol, spec.channel, channel)
+        else:
+            channel.outputs = channel.outputs + (out,)
+            if channel.connection == ConnectionState.CONNECTED:
+                self.send_connection(channel, out)
+        return out
+
+    def remove_stream(self, spec: StreamSpec) -> None:
+        """Stop forwarding `spec`; unsubscribes the PV when it was its last stream."""
+        out = self.outputs.pop(spec.key, None)
+        if out is None:
+            return
+        out.active = False
+        ckey = (spec.protocol, spec.channel)
+        channel = self.channels.get(ckey)
+        if channel is None:
+            return
+        channel.outputs = tuple(o for o in channel.outputs if o is not out)
+        if not channel.outputs:
+            del self.channels[ckey]
+            if channel.subscription is not None:
+                self.subscribers.unsubscribe(channel.subscription)
+
+    def channel_of(self, out: StreamOutput) -> Channel | None:
+        return self.channels.get((out.spec.protocol, out.spec.channel))
+
+    def send_connection(self, channel: Channel, out: StreamOutput) -> None:
+        msg = channel.connection_message(out)
+        out.last_connection = msg
+        ts_ms = (channel.connection_ts_ns or time.time_ns()) // 1_000_000
+        self.sink.send(out.topic, out.key, msg, ts_ms)
+        out.last_sent_ns = time.monotonic_ns()
+
+    def resend(self, out: StreamOutput, now_ms: int) -> int:
+        """Re-send the stream's last messages with Kafka timestamp `now_ms`.
+
+        The FlatBuffer timestamps inside stay the original ones, so consumers that drop
+        repeated timestamps recognise the repeat.  Returns the number of messages sent.
+        """
+        sent = 0
+        send = self.sink.send
+        for payload in (out.last_value, out.last_alarm, out.last_connection):
+            if payload is not None:
+                send(out.topic, out.key, payload, now_ms)
+                sent += 1
+        if sent:
+            self.counters.resends += 1
+        return sent
+
+    def all_outputs(self) -> Iterable[StreamOutput]:
+        return self.outputs.values()
+
+    def close(self) -> None:
+        """Unsubscribe everything (shutdown)."""
+        for channel in list(self.channels.values()):
+            if channel.subscription is not None:
+                try:
+                    self.subscribers.unsubscribe(channel.subscription)
+                except Exception:  # noqa: BLE001 - shutdown must go on
+                    pass
+        self.channels.clear()
+        self.outputs.clear()

@@ -1,0 +1,68 @@
+"""Stream identity: what the forwarder is asked to forward, independent of any library.
+
+A *stream* is one PV forwarded with one schema to one topic.  The same PV may appear in
+several streams (different schemas or topics); each is registered, matched and removed on
+its own so that removing one never stops another.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Protocol(enum.IntEnum):
+    """EPICS transport; the numeric values are the ones used by rf5k/fc00 on the wire."""
+
+    PVA = 0
+    CA = 1
+    FAKE = 2
+
+    @classmethod
+    def parse(cls, text: str) -> "Protocol":
+        """Accept `ca`, `CA`, `pva`, `fake` ... (used by the CLI and config files)."""
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(p.name.lower() for p in cls)
+            raise ValueError(f"unknown protocol {text!r} (expected one of {names})") from None
+
+
+#: Schemas a stream may ask for.  ep01 (connection) and al00 (alarm) are added automatically.
+VALUE_SCHEMAS = ("f144", "tdct")
+#: Schemas whose streams also get al00 alarm messages.
+ALARM_SCHEMAS = ("f144", "tdct")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One configured stream.
+
+    `periodic` is whether the last value is re-sent when nothing new arrived within the
+    update period.  It is not part of the identity: adding the same stream again with a
+    different flag updates the flag instead of creating a second stream.
+    """
+
+    channel: str
+    schema: str
+    topic: str
+    protocol: Protocol
+    periodic: bool = False
+
+    @property
+    def key(self) -> tuple[str, str, str, Protocol]:
+        return (self.channel, self.schema, self.topic, self.protocol)
+
+    def describe(self) -> str:
+        return f"{self.protocol.name.lower()}://{self.channel} -> {self.topic} [{self.schema}]"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFilter:
+    """A REMOVE selector: empty fields match everything; `?`/`*` wildcards are allowed in
+    channel and topic.  The protocol is not matched (the wire formats cannot leave it empty).
+    """
+
+    channel: str = ""
+    schema: str = ""
+    topic: str = ""

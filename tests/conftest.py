@@ -1,0 +1,56 @@
+"""Shared fixtures: a real Kafka broker for the whole session, started only if asked for."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.kafka import EXTERNAL_BROKER_ENV, TansuBroker, TopicReader, wait_for_broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap of a shared broker: `$FORWARDER_TEST_KAFKA` if set, else a private Tansu.
+
+    Shared across the session because starting a broker per test costs time; tests stay
+    independent by using `unique_topic`.
+    """
+    external = os.environ.get(EXTERNAL_BROKER_ENV, "").strip()
+    if external:
+        wait_for_broker(external)
+        yield external
+        return
+    broker = TansuBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def private_broker() -> Iterator[TansuBroker]:
+    """A Tansu broker owned by one test, which may stop/restart it (outage tests)."""
+    broker = TansuBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def make_reader() -> Iterator[Callable[[str, str], TopicReader]]:
+    """Factory for `TopicReader`s that are all closed when the test ends."""
+    readers: list[TopicReader] = []
+
+    def factory(bootstrap: str, topic: str) -> TopicReader:
+        reader = TopicReader(bootstrap, topic)
+        readers.append(reader)
+        return reader
+
+    yield factory
+    for reader in readers:
+        reader.close()

@@ -1,0 +1,1 @@
+"""Shared test helpers (real EPICS servers in subprocesses, ports, environments)."""

@@ -1,0 +1,75 @@
+"""Plumbing shared by the server scripts run as subprocesses by `epics_servers`.
+
+Protocol: the first stdin line is the JSON configuration, every later line a command; each
+gets exactly one JSON reply line on the protocol pipe (the original stdout).  The EPICS
+libraries print to the C-level stdout, so fd 1 is pointed at stderr to keep the pipe clean.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
+
+PR_SET_PDEATHSIG = 1
+
+Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+class Child:
+    """The child's end of the pipe."""
+
+    def __init__(self) -> None:
+        self._proto: TextIO = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        line = sys.stdin.readline()
+        if not line:
+            os._exit(0)
+        self.config: dict[str, Any] = json.loads(line)
+        self._die_with_parent(int(self.config["parent_pid"]))
+
+    @staticmethod
+    def _die_with_parent(parent_pid: int) -> None:
+        """No orphans: the kernel kills us if the test process dies without reaping us."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+    def reply(self, **message: Any) -> None:
+        message.setdefault("ok", True)
+        self._proto.write(json.dumps(message) + "\n")
+
+    def serve(self, handle: Handler) -> None:
+        """Answer commands until stdin closes, then exit at once (no library teardown)."""
+        for line in sys.stdin:
+            try:
+                result = handle(json.loads(line)) or {}
+                self.reply(**result)
+            except Exception as exc:  # report, keep serving
+                traceback.print_exc()
+                self.reply(ok=False, error=f"{type(exc).__name__}: {exc}")
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def value_dtype(name: str) -> str:
+    """numpy dtype for a waveform element type name."""
+    return {
+        "DOUBLE": "float64",
+        "FLOAT": "float32",
+        "LONG": "int32",
+        "SHORT": "int16",
+        "CHAR": "int8",
+        "UCHAR": "uint8",
+        "INT64": "int64",
+    }[name.upper()]
