@@ -90,6 +90,15 @@ class ConfigTopicConsumer:
         self._assigned.update(new)
         log.info("config topic %r: reading partitions %s", self.topic, new)
 
+    def reachable(self, timeout_s: float) -> bool:
+        """Whether the config topic's broker answers a metadata request now."""
+        try:
+            self._consumer.list_topics(self.topic, timeout=timeout_s)
+        except (KafkaException, RuntimeError) as err:
+            self.last_error = str(err)
+            return False
+        return True
+
     def poll(self, timeout_s: float) -> bytes | None:
         """One message value or None; never raises on broker trouble."""
         now = time.monotonic()

@@ -61,7 +61,9 @@ class ServiceSettings:
         use_receive_time: bool = False,
         producer_queue_max_messages: int = 1_000_000,
         version: str = "0+unknown",
+        http_port: int | None = None,
     ) -> None:
+        self.http_port = http_port
         self.output_config = output_config
         self.config_config = config_config
         self.config_topic = config_topic
@@ -77,6 +79,16 @@ class ServiceSettings:
         self.use_receive_time = use_receive_time
         self.producer_queue_max_messages = producer_queue_max_messages
         self.version = version
+
+
+def process_start_ms() -> int:
+    """When this process was created (not when the config consumer got going): a config
+    message sent right after launching the forwarder, while it was still importing its
+    libraries, must still be applied."""
+    try:
+        return int(os.stat(f"/proc/{os.getpid()}").st_ctime * 1000)
+    except OSError:
+        return int(time.time() * 1000)
 
 
 def _make_monitors(protocol: Protocol, fake_period_ms: int) -> Monitors:
@@ -137,6 +149,9 @@ class ForwarderService:
         self.started_at = time.time()
         self.status_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._periodic_warned = False
+        #: Monotonic time of the control loop's last pass (the health probe checks it).
+        self.heartbeat = time.monotonic()
+        self.metrics_server: Any = None
 
     # -- monitors -----------------------------------------------------------------------
     def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
@@ -303,12 +318,52 @@ class ForwarderService:
     # -- main loop ----------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        self.config_consumer = ConfigTopicConsumer(s.config_config, s.config_topic)
+        self.config_consumer = ConfigTopicConsumer(
+            s.config_config, s.config_topic, start_ms=process_start_ms()
+        )
         if not s.skip_retrieval and s.storage_topic:
             self.restore_configuration()
         self.timers.every(
             s.status_interval_ms * 1_000_000, lambda _n: self.publish_status(), time.monotonic_ns()
         )
+        if s.http_port is not None:
+            self.start_metrics_server(s.http_port)
+
+    def start_metrics_server(self, port: int) -> None:
+        from forwarder.adapters.http_metrics import (
+            ForwarderCollector,
+            HealthSources,
+            MetricsServer,
+        )
+
+        collector = ForwarderCollector(
+            self.core, self.counters, self.sink.queue_length, lambda: len(self.registry)
+        )
+        health = HealthSources(
+            checks={
+                "kafka_producer": self._check_producer,
+                "config_consumer": self._check_control_loop,
+            }
+        )
+        self.metrics_server = MetricsServer(port, collector, health)
+        self.metrics_server.start()
+        log.info("Serving /metrics and /healthz on port %d", self.metrics_server.port)
+
+    def _check_producer(self) -> tuple[bool, str]:
+        if self.sink.broker_reachable(timeout_s=2.0):
+            return True, "output broker reachable"
+        return False, f"output broker unreachable: {self.sink.last_error or 'no metadata'}"
+
+    def _check_control_loop(self) -> tuple[bool, str]:
+        consumer = self.config_consumer
+        if consumer is None or not consumer.alive:
+            return False, "config consumer not running"
+        age = time.monotonic() - self.heartbeat
+        if age > 10.0:
+            return False, f"control loop stalled for {age:.0f} s"
+        if not consumer.reachable(timeout_s=2.0):
+            return False, f"config topic broker unreachable: {consumer.last_error}"
+        return True, "config consumer polling"
 
     def run(self) -> None:
         """Serve until `stop_event` is set."""
@@ -316,6 +371,7 @@ class ForwarderService:
         consumer = self.config_consumer
         assert consumer is not None
         while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
             now = time.monotonic_ns()
             next_due = self.timers.next_due_ns()
             if self.resends is not None:
@@ -332,6 +388,8 @@ class ForwarderService:
 
     def shutdown(self, flush_timeout_s: float = 3.0) -> None:
         """Stop monitors, flush queued messages (bounded) and close Kafka clients."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.core.close()
         for monitors in self.monitors.values():
             try:

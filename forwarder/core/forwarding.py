@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from forwarder.core.counters import Drop, ProcessCounters
 from forwarder.core.events import ConnectionState
+from forwarder.core.latency import LatencyHistogram
 from forwarder.core.serialise import (
     UnsupportedValue,
     ValueSerialiser,
@@ -102,6 +103,7 @@ class Channel:
         "connection",
         "connection_ts_ns",
         "subscription",
+        "latency",
         "_core",
     )
 
@@ -115,6 +117,7 @@ class Channel:
         self.connection = ConnectionState.NEVER_CONNECTED
         self.connection_ts_ns = 0
         self.subscription: Any = None
+        self.latency = core.latency_of(protocol)
         self._core = core
 
     # -- ChannelListener -------------------------------------------------------------
@@ -137,6 +140,7 @@ class Channel:
             )
             return
         self.previous_ts_ns = ts_ns
+        self.latency.observe_ns(now_ns - ts_ns)
         ts_ms = ts_ns // 1_000_000
         send = core.sink.send
         mono = time.monotonic_ns()
@@ -243,6 +247,14 @@ class ForwardingCore:
         self.counters = counters or ProcessCounters()
         self.channels: dict[tuple[EpicsProtocol, str], Channel] = {}
         self.outputs: dict[tuple[str, str, str, EpicsProtocol], StreamOutput] = {}
+        #: EPICS timestamp -> produce latency, per protocol (exported as metrics).
+        self.latency: dict[EpicsProtocol, LatencyHistogram] = {}
+
+    def latency_of(self, protocol: EpicsProtocol) -> LatencyHistogram:
+        hist = self.latency.get(protocol)
+        if hist is None:
+            hist = self.latency[protocol] = LatencyHistogram()
+        return hist
 
     def add_stream(self, spec: StreamSpec) -> StreamOutput:
         """Start forwarding `spec`; subscribes the PV if no other stream uses it yet."""

@@ -1,0 +1,241 @@
+"""Channel Access monitors (caproto threading client) feeding `ChannelListener`s.
+
+One caproto `Context` serves every PV.  Per PV there is one DBR_TIME_* subscription with
+mask DBE_VALUE|DBE_ALARM, so value and alarm changes arrive together with the EPICS
+timestamp; enums arrive as their index (DBR_TIME_ENUM).
+
+Callbacks run inline on caproto's socket thread.  Stock caproto hands every update to a
+per-circuit ThreadPoolExecutor whose queue has no bound: under overload it grows without
+limit and each update pays a Future and a thread hand-off.  Running inline instead means a
+slow consumer stops reading the socket, TCP pushes back and the server coalesces updates
+per subscription (the EPICS flow-control design), so client memory stays bounded.
+Listeners must therefore be quick and must not block (see `forwarder.core.events`).
+
+caproto reads its configuration (EPICS_CA_ADDR_LIST, EPICS_CA_SERVER_PORT, ...) from
+`os.environ` only, when the context is created and at every search; there is no way to
+pass it explicitly, so set the environment before creating `CaMonitors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from caproto import AlarmStatus, ChannelType, SubscriptionType
+from caproto.threading.client import PV, Context, SharedBroadcaster
+from caproto.threading.client import Subscription as CaprotoSubscription
+
+from forwarder.core.events import ChannelListener, ConnectionState
+
+_log = logging.getLogger(__name__)
+
+#: Seconds from the unix epoch (1970) to the EPICS epoch (1990).
+EPICS_EPOCH_OFFSET_S = 631_152_000
+_NS = 1_000_000_000
+_MASK = SubscriptionType.DBE_VALUE | SubscriptionType.DBE_ALARM
+#: Alarm status text by number; "" for NO_ALARM (nothing to report).
+_STATUS_TEXT: tuple[str, ...] = ("",) + tuple(s.name for s in sorted(AlarmStatus))[1:]
+_N_STATUS = len(_STATUS_TEXT)
+_STRING_TYPES = frozenset((ChannelType.TIME_STRING, ChannelType.STRING))
+_ENUM_TYPES = frozenset((ChannelType.TIME_ENUM, ChannelType.ENUM))
+
+Converter = Callable[[Any], Any]
+
+
+def status_text(status: int) -> str:
+    """CA alarm status number -> text ("HIHI"), "" for NO_ALARM."""
+    return _STATUS_TEXT[status] if status < _N_STATUS else f"STATUS_{status}"
+
+
+def _decode_strings(data: Any) -> Any:
+    texts = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in data]
+    return texts[0] if len(texts) == 1 else texts
+
+
+def _first_as_int(data: Any) -> Any:
+    return int(data[0]) if len(data) else data
+
+
+def _first(data: Any) -> Any:
+    # Indexing a big-endian array yields a native numpy scalar of the same kind.
+    return data[0] if len(data) else data
+
+
+def make_converter(data_type: int, sample: Any, scalar: bool) -> Converter:
+    """Pick, once per (re)connection, how caproto's payload becomes the listener's value.
+
+    caproto gives numbers as big-endian numpy arrays (views of the received bytes); the
+    core wants native numpy scalars for scalar PVs and native-order 1-d arrays otherwise.
+    """
+    if data_type in _STRING_TYPES:
+        return _decode_strings
+    if data_type in _ENUM_TYPES and scalar:
+        return _first_as_int
+    if scalar:
+        return _first
+    dtype = np.asarray(sample).dtype
+    native = dtype.newbyteorder("=")
+    if dtype == native:
+        return np.asarray
+    return lambda data: data.astype(native)
+
+
+class _InlineExecutor:
+    """Stands in for caproto's per-circuit ThreadPoolExecutor: runs the callback at once."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            # An exception escaping here would make caproto drop the whole circuit.
+            _log.exception("CA callback %r failed", fn)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+_INLINE = _InlineExecutor()
+
+
+class _InlineContext(Context):  # type: ignore[misc]
+    """caproto Context whose circuits deliver callbacks inline (see module docstring)."""
+
+    def get_circuit_manager(self, address: Any, priority: int) -> Any:
+        with self._lock_during_get_circuit_manager:
+            cm = super().get_circuit_manager(address, priority)
+            executor = getattr(cm, "user_callback_executor", None)
+            if executor is not _INLINE:
+                cm.user_callback_executor = _INLINE
+                if executor is not None:
+                    executor.shutdown(wait=False)
+        return cm
+
+
+class CaChannel:
+    """One `subscribe()` call: a listener attached to a PV's time subscription."""
+
+    def __init__(self, monitors: CaMonitors, pv: PV, listener: ChannelListener) -> None:
+        self.name: str = pv.name
+        self._monitors = monitors
+        self._pv = pv
+        self._listener = listener
+        self._closed = False
+        self._state: ConnectionState | None = None
+        self._data_type = -1
+        self._convert: Converter = _first
+        if not pv.connected:
+            self._emit_state(ConnectionState.NEVER_CONNECTED)
+        self._conn_token = pv.connection_state_callback.add_callback(
+            self._on_connection, run=True
+        )
+        self._sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
+        self._sub_token = self._sub.add_callback(self._on_value)
+
+    def _emit_state(self, state: ConnectionState) -> None:
+        if state is not self._state and not self._closed:
+            self._state = state
+            self._listener.on_connection(state, time.time_ns())
+
+    def _on_connection(self, pv: PV, state: str) -> None:
+        if state == "connected":
+            self._data_type = -1  # the IOC may come back with another type
+            self._emit_state(ConnectionState.CONNECTED)
+        elif state == "disconnected":
+            self._emit_state(ConnectionState.DISCONNECTED)
+
+    def _on_value(self, sub: CaprotoSubscription, response: Any) -> None:
+        """Hot path: one call per update on caproto's socket thread."""
+        if self._closed:
+            return
+        if response.data_type != self._data_type:
+            self._choose_converter(response)
+        md = response.metadata
+        status = md.status
+        self._listener.on_update(
+            self._convert(response.data),
+            (md.secondsSinceEpoch + EPICS_EPOCH_OFFSET_S) * _NS + md.nanoSeconds,
+            md.severity,
+            _STATUS_TEXT[status] if status < _N_STATUS else status_text(status),
+        )
+
+    def _choose_converter(self, response: Any) -> None:
+        channel = self._pv.channel
+        count = channel.native_data_count if channel is not None else len(response.data)
+        self._convert = make_converter(response.data_type, response.data, count == 1)
+        self._data_type = response.data_type
+
+    def close(self) -> None:
+        """Stop delivering to this listener (an update already being delivered may finish)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sub.remove_callback(self._sub_token)
+        self._pv.connection_state_callback.remove_callback(self._conn_token)
+        self._monitors._release(self)
+
+
+class CaMonitors:
+    """All CA subscriptions of the forwarder, on one caproto context.
+
+    `timeout` bounds the circuit handshake with a server that answered a search.
+    """
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self._broadcaster = SharedBroadcaster()
+        self._context = _InlineContext(self._broadcaster, timeout=timeout)
+        self._lock = threading.Lock()
+        self._channels: dict[str, set[CaChannel]] = {}
+        self._searches_cancelled: set[str] = set()
+        self._closed = False
+
+    def subscribe(self, channel: str, listener: ChannelListener) -> CaChannel:
+        """Monitor `channel` (searched for until it exists) and feed `listener`."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("CaMonitors is closed")
+            (pv,) = self._context.get_pvs(channel, timeout=None)
+            if channel in self._searches_cancelled:
+                self._searches_cancelled.discard(channel)
+                if not pv.connected:
+                    self._context.reconnect([(channel, pv.priority)])
+            ca_channel = CaChannel(self, pv, listener)
+            self._channels.setdefault(channel, set()).add(ca_channel)
+            return ca_channel
+
+    def _release(self, ca_channel: CaChannel) -> None:
+        """Forget a closed channel; stop searching for a PV nobody wants any more.
+
+        A connected PV keeps its (cheap, idle) CA channel: caproto's idle/re-activate path
+        is fragile, and the subscription itself was cancelled with the last callback.
+        """
+        with self._lock:
+            users = self._channels.get(ca_channel.name)
+            if users is None:
+                return
+            users.discard(ca_channel)
+            if users:
+                return
+            del self._channels[ca_channel.name]
+            if not self._closed and not ca_channel._pv.connected:
+                self._broadcaster.cancel(ca_channel.name)
+                self._searches_cancelled.add(ca_channel.name)
+
+    def channel_count(self) -> int:
+        with self._lock:
+            return sum(len(users) for users in self._channels.values())
+
+    def close(self) -> None:
+        """Stop every subscription and the context's threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            channels = [c for users in self._channels.values() for c in users]
+        for ca_channel in channels:
+            ca_channel.close()
+        self._context.disconnect(wait=True)
+        self._broadcaster.disconnect(wait=True)

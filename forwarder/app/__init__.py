@@ -1,0 +1,1 @@
+"""Wiring: command line, logging and the running service."""

@@ -1,0 +1,159 @@
+"""Subprocess: a p4p.server PVA server serving records and/or counter PVs.
+
+Run by `epics_servers.P4pServer`; see `_child` for the pipe protocol.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from p4p import Type, Value
+from p4p.nt import NTEnum, NTScalar
+from p4p.server import Server, StaticProvider
+from p4p.server.thread import SharedPV
+
+from tests.support._child import Child, value_dtype
+from tests.support.epics_servers import ALARM_STATUS
+
+#: p4p type codes of the waveform element types.
+ARRAY_CODE = {"DOUBLE": "d", "FLOAT": "f", "LONG": "i", "SHORT": "h", "CHAR": "b",
+              "UCHAR": "B", "INT64": "l"}  # fmt: skip
+PVA_STATUS_RECORD = 3  # alarm.status "RECORD": what an IOC reports for record alarms
+
+
+def make_pv(spec: dict[str, Any]) -> SharedPV:
+    """A SharedPV with the normative type closest to the record kind."""
+    kind, value = spec["kind"], spec["value"]
+    if kind in ("ai", "ao"):
+        return SharedPV(nt=NTScalar("d"), initial=0.0 if value is None else value)
+    if kind in ("longin", "longout"):
+        return SharedPV(nt=NTScalar("i"), initial=0 if value is None else value)
+    if kind in ("mbbi", "mbbo"):
+        initial = {"index": value or 0, "choices": list(spec["choices"])}
+        return SharedPV(nt=NTEnum(), initial=initial)
+    if kind == "waveform":
+        arr = np.asarray([] if value is None else value, value_dtype(spec["dtype"]))
+        return SharedPV(nt=NTScalar("a" + ARRAY_CODE[spec["dtype"]]), initial=arr)
+    if kind in ("stringin", "stringout"):
+        return SharedPV(nt=NTScalar("s"), initial="" if value is None else value)
+    raise ValueError(f"unsupported record kind {kind!r}")
+
+
+def stamp(now: float) -> dict[str, int]:
+    sec, frac = divmod(now, 1.0)
+    return {"secondsPastEpoch": int(sec), "nanoseconds": int(frac * 1e9)}
+
+
+class CounterThread:
+    """Posts a counter to N PVs at R Hz from one thread.
+
+    Raw Values of one prebuilt Type are posted (no NT wrapping), one fresh Value per post
+    because pvxs may still hold the previous one in subscriber queues.
+    """
+
+    def __init__(self, spec: dict[str, Any], provider: StaticProvider) -> None:
+        code = {"DOUBLE": "d", "LONG": "i", "INT64": "l"}[spec["dtype"]]
+        self.type: Type = NTScalar.buildType(code)
+        self.period = 1.0 / float(spec["rate_hz"])
+        zero = 0.0 if code == "d" else 0
+        self.pvs = []
+        for i in range(int(spec["count"])):
+            pv = SharedPV(initial=Value(self.type, {"value": zero, "timeStamp": stamp(time.time())}))
+            provider.add(f"{spec['prefix']}{i}", pv)
+            self.pvs.append(pv)
+        self.cast = float if code == "d" else int
+        self.ticks = self.posts = self.late = 0
+        self.started = time.monotonic()
+        self._run = threading.Event()
+        threading.Thread(target=self._loop, daemon=True, name="counters").start()
+
+    def set_running(self, run: bool) -> None:
+        if run and not self._run.is_set():
+            self.started = time.monotonic()
+            self.ticks = self.posts = self.late = 0
+            self._run.set()
+        elif not run:
+            self._run.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
+                "elapsed": time.monotonic() - self.started}  # fmt: skip
+
+    def _loop(self) -> None:
+        due = time.monotonic()
+        while True:
+            if not self._run.is_set():
+                self._run.wait()
+                due = time.monotonic()
+            self.ticks += 1
+            value = self.cast(self.ticks)
+            update = {"value": value, "timeStamp": stamp(time.time())}
+            for pv in self.pvs:
+                pv.post(Value(self.type, update))
+            self.posts += len(self.pvs)
+            due += self.period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -self.period:  # fell behind by a whole tick: drop, don't burst
+                self.late += 1
+                due = time.monotonic()
+
+
+def main() -> None:
+    child = Child()
+    provider = StaticProvider("test")
+    pvs: dict[str, tuple[dict[str, Any], SharedPV]] = {}
+
+    def add(spec: dict[str, Any]) -> None:
+        pv = make_pv(spec)
+        provider.add(spec["name"], pv)
+        pvs[spec["name"]] = (spec, pv)
+
+    for spec in child.config["records"]:
+        add(spec)
+    counters = None
+    if child.config["counters"]:
+        counters = CounterThread(child.config["counters"], provider)
+    server = Server(providers=[provider])
+
+    def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
+        op = cmd["op"]
+        if op == "add":
+            add(cmd["record"])
+        elif op == "counters":
+            if counters is None:
+                raise ValueError("no counters configured")
+            if "run" in cmd:
+                counters.set_running(bool(cmd["run"]))
+            return counters.stats()
+        elif op == "put":
+            spec, pv = pvs[cmd["name"]]
+            value = cmd["value"]
+            if spec["kind"] == "waveform":
+                value = np.asarray(value, value_dtype(spec["dtype"]))
+            pv.post(value, timestamp=time.time())
+        elif op == "alarm":
+            _, pv = pvs[cmd["name"]]
+            status = cmd["status"]
+            alarm = {"severity": cmd["severity"], "status": PVA_STATUS_RECORD if status else 0,
+                     "message": ALARM_STATUS[status] if status else ""}  # fmt: skip
+            pv.post({"alarm": alarm, "timeStamp": stamp(time.time())})
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        return None
+
+    if counters is not None and child.config["counters"]["autostart"]:
+        counters.set_running(True)
+    child.reply(ready=True)
+    try:
+        child.serve(handle)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
