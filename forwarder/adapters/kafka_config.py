@@ -71,7 +71,6 @@ class ConfigTopicConsumer:
         new = sorted(set(topic_md.partitions) - self._assigned)
         if not new:
             return
-        first_time = not self._assigned
         tps = [TopicPartition(self.topic, p, self._start_ms) for p in new]
         try:
             found = self._consumer.offsets_for_times(tps, timeout=5.0)
@@ -82,9 +81,7 @@ class ConfigTopicConsumer:
         for tp in found:
             offset = tp.offset
             if offset < 0:
-                # No message since we started: begin at the end, or, for a partition that
-                # appeared after start, at its beginning (all of it is new).
-                offset = OFFSET_END if first_time else OFFSET_BEGINNING
+                offset = OFFSET_END  # nothing produced since we started
             start.append(TopicPartition(self.topic, tp.partition, offset))
         self._consumer.incremental_assign(start)
         self._assigned.update(new)
@@ -103,7 +100,9 @@ class ConfigTopicConsumer:
         """One message value or None; never raises on broker trouble."""
         now = time.monotonic()
         if now >= self._next_refresh:
-            self._next_refresh = now + 5.0
+            # Look often while the topic is missing: the first config message may be what
+            # creates it, and it must be applied within a couple of seconds.
+            self._next_refresh = now + (5.0 if self._assigned else 0.5)
             self.refresh_assignment()
         try:
             msg = self._consumer.poll(timeout_s)
@@ -113,11 +112,11 @@ class ConfigTopicConsumer:
             return None
         if msg is None:
             return None
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                self.last_error = err.str()
-                log.warning("config topic %r: %s", self.topic, err.str())
+        problem = msg.error()
+        if problem is not None:
+            if problem.code() != KafkaError._PARTITION_EOF:
+                self.last_error = problem.str()
+                log.warning("config topic %r: %s", self.topic, problem.str())
             return None
         value = msg.value()
         return bytes(value) if value is not None else b""
@@ -164,17 +163,18 @@ def read_topic_to_end(
                 if len(eof) == len(parts) and now - last_activity >= settle_s:
                     break
                 continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition())
+            problem = msg.error()
+            if problem is not None:
+                if problem.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition() or 0)
                 else:
-                    log.warning("storage topic %r: %s", topic, err.str())
+                    log.warning("storage topic %r: %s", topic, problem.str())
                 continue
             last_activity = now
-            eof.discard(msg.partition())
+            partition = msg.partition() or 0
+            eof.discard(partition)
             _, ts = msg.timestamp()
-            found.append((ts, msg.partition(), msg.offset(), bytes(msg.value() or b"")))
+            found.append((ts, partition, msg.offset() or 0, bytes(msg.value() or b"")))
         else:
             log.warning("storage topic %r: not read to its end within %.0f s", topic, timeout_s)
         found.sort(key=lambda m: (m[0], m[1], m[2]))

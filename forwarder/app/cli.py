@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -120,7 +121,8 @@ class _Parser(configargparse.ArgumentParser):
     """Errors are one line naming the option (no usage dump, no echoed secrets)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {_clean_error(message)}\n")
+        sys.stderr.write(f"{self.prog}: error: {_clean_error(message)}\n")
+        raise SystemExit(2)
 
 
 def _clean_error(message: str) -> str:
@@ -358,8 +360,7 @@ def _check_endpoints(parser: configargparse.ArgumentParser, options: Options) ->
             continue
         if uri.sasl_mechanism is not None and not password:
             parser.error(
-                f"{password_option} is required because {uri_option} has SASL user "
-                f"{uri.username!r}"
+                f"{password_option} is required because {uri_option} has SASL user {uri.username!r}"
             )
         if password and uri.sasl_mechanism is None:
             parser.error(

@@ -8,9 +8,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from forwarder import __version__
-from forwarder.adapters.kafka_uri import librdkafka_config, redact
+from forwarder.adapters.kafka_uri import KafkaUri, librdkafka_config, redact
 from forwarder.app.cli import Options, parse_args
 from forwarder.app.logging_setup import LoggingSetupError, setup_logging
 from forwarder.app.service import ForwarderService, ServiceSettings
@@ -21,7 +22,7 @@ log = logging.getLogger("forwarder")
 def settings_from_options(opts: Options) -> ServiceSettings:
     """Resolve URIs and passwords into librdkafka configs for each Kafka client."""
 
-    def conf(uri, password):  # type: ignore[no-untyped-def]
+    def conf(uri: KafkaUri, password: str | None) -> dict[str, Any]:
         return librdkafka_config(
             uri,
             password,
@@ -37,7 +38,7 @@ def settings_from_options(opts: Options) -> ServiceSettings:
     return ServiceSettings(
         output_config=conf(opts.output_broker, opts.output_broker_sasl_password),
         config_config=conf(opts.config_topic, opts.config_topic_sasl_password),
-        config_topic=opts.config_topic.topic,
+        config_topic=opts.config_topic.topic or "",
         status_config=status_conf,
         status_topic=opts.status_topic.topic if opts.status_topic else None,
         storage_config=storage_conf,
@@ -57,7 +58,13 @@ def settings_from_options(opts: Options) -> ServiceSettings:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        setup_logging(opts.verbosity, opts.log_file, opts.graylog_logger_address, opts.service_id)
+        setup_logging(
+            opts.verbosity,
+            opts.log_file,
+            opts.graylog_logger_address,
+            opts.service_id,
+            secrets=opts.secrets(),
+        )
     except LoggingSetupError as err:
         print(f"forwarder: error: {err}", file=sys.stderr)
         return 2

@@ -27,7 +27,8 @@ from forwarder.core.serialise import (
     serialise_alarm,
     serialise_connection,
 )
-from forwarder.core.streams import ALARM_SCHEMAS, Protocol as EpicsProtocol, StreamSpec
+from forwarder.core.streams import ALARM_SCHEMAS, StreamSpec
+from forwarder.core.streams import Protocol as EpicsProtocol
 from forwarder.core.timestamps import TimestampPolicy
 
 _NO_ALARM: tuple[int, str] = (-1, "")
@@ -146,6 +147,7 @@ class Channel:
         mono = time.monotonic_ns()
         alarm = (severity, status_message)
         forwarded_any = False
+        empty = False
         for out in outputs:
             try:
                 payload = out.serialiser.serialise(value, ts_ns)
@@ -178,7 +180,7 @@ class Channel:
                 out.last_update_ns = now_ns
                 out.last_sent_ns = mono
             elif type(value) is not str and _is_empty(value):
-                counters.empty_updates += 1
+                empty = True  # counted once per update, like updates_forwarded
             if out.wants_alarm and alarm != out.alarm_state:
                 out.alarm_state = alarm
                 msg = serialise_alarm(self.name, ts_ns, severity, status_message)
@@ -187,6 +189,8 @@ class Channel:
                 out.last_sent_ns = mono
         if forwarded_any:
             counters.updates_forwarded += 1
+        if empty:
+            counters.empty_updates += 1
 
     def on_connection(self, state: ConnectionState, timestamp_ns: int) -> None:
         if state == self.connection:
@@ -270,7 +274,16 @@ class ForwardingCore:
             channel = Channel(spec.protocol, spec.channel, self)
             self.channels[ckey] = channel
             channel.outputs = (out,)
-            channel.subscription = self.subscribers.subscribe(spec.protocol, spec.channel, channel)
+            try:
+                channel.subscription = self.subscribers.subscribe(
+                    spec.protocol, spec.channel, channel
+                )
+            except BaseException:
+                # Leave nothing half-registered, so a later add_stream subscribes again.
+                channel.outputs = ()
+                del self.channels[ckey]
+                del self.outputs[spec.key]
+                raise
         else:
             channel.outputs = channel.outputs + (out,)
             if channel.connection == ConnectionState.CONNECTED:
@@ -324,7 +337,10 @@ class ForwardingCore:
 
     def close(self) -> None:
         """Unsubscribe everything (shutdown)."""
+        for out in self.outputs.values():
+            out.active = False  # the re-send schedule drops them
         for channel in list(self.channels.values()):
+            channel.outputs = ()  # late callbacks during shutdown forward nothing
             if channel.subscription is not None:
                 try:
                     self.subscribers.unsubscribe(channel.subscription)

@@ -218,7 +218,10 @@ def test_repr_hides_passwords() -> None:
         ([*REQUIRED, "-X", "Bad Key=1"], "'Bad Key' is not a librdkafka setting name"),
         ([*REQUIRED, "--producer-queue-max-messages", "0"], "--producer-queue-max-messages: 0"),
         ([*REQUIRED, "--graylog-logger-address", "graylog"], "--graylog-logger-address: missing"),
-        ([*REQUIRED, "--log-file", "/no/such/dir/f.log"], "--log-file: directory '/no/such/dir' for the log file"),
+        (
+            [*REQUIRED, "--log-file", "/no/such/dir/f.log"],
+            "--log-file: directory '/no/such/dir' for the log file",
+        ),
         ([*REQUIRED, "--service-id", "  "], "--service-id: must not be empty"),
         (
             [*REQUIRED, "--output-broker-sasl-pasword", SECRET, "--bogus=" + SECRET],

@@ -367,7 +367,63 @@ class CaprotoServer(P4pServer):
         return [self.ca_port]
 
 
+class CaRepeater:
+    """A caproto CA repeater on the environment's repeater port.
+
+    Real sites run a caRepeater on every host; it forwards server beacons to CA clients,
+    which is how clients notice a restarted or newly started IOC quickly.  libca would
+    spawn one on its own; caproto's client does not.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.port = int(self.env["EPICS_CA_REPEATER_PORT"])
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> CaRepeater:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "caproto.commandline.repeater", "-q"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env(self.env),
+        )
+        deadline = time.monotonic() + timeout
+        while self._port_free():  # the repeater holds the UDP port once it is up
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServerError("CA repeater did not start")
+            time.sleep(0.02)
+        return self
+
+    def _port_free(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((LOCALHOST, self.port))
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> CaRepeater:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 __all__ = [
+    "CaRepeater",
     "ALARM_STATUS",
     "CaprotoServer",
     "Counters",

@@ -116,8 +116,7 @@ class TansuBroker:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise TimeoutError(
-                        f"Tansu on {self.bootstrap} not ready after {timeout} s:\n"
-                        f"{self.log_tail()}"
+                        f"Tansu on {self.bootstrap} not ready after {timeout} s:\n{self.log_tail()}"
                     ) from None
 
     def stop(self, graceful: bool = False, timeout: float = 5.0) -> None:
@@ -324,17 +323,14 @@ class TopicReader:
         self.messages.extend(received)
         return received
 
-    def wait_for(
-        self, predicate: Callable[[list[Msg]], bool], timeout: float = 10.0
-    ) -> list[Msg]:
+    def wait_for(self, predicate: Callable[[list[Msg]], bool], timeout: float = 10.0) -> list[Msg]:
         """Poll until `predicate(all messages so far)` holds; AssertionError on timeout."""
         deadline = time.monotonic() + timeout
         while not predicate(self.messages):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(
-                    f"timed out after {timeout} s waiting on topic {self.topic}: "
-                    f"{self.summary()}"
+                    f"timed out after {timeout} s waiting on topic {self.topic}: {self.summary()}"
                 )
             self.poll_messages(min(0.5, remaining))
         return self.messages

@@ -1,0 +1,227 @@
+"""Logging for the service: console, optional file and Graylog, with secrets redacted.
+
+Filters sit on the handlers, not on a logger, because logger filters do not see records
+propagated from child loggers (`forwarder.*`, `caproto.*`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import graypy
+import graypy.handler
+
+TRACE = 5
+_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+_REDACTED = "***"
+
+#: Handlers installed by the last `setup_logging`, removed by the next call (tests, reloads).
+_installed: list[logging.Handler] = []
+# Syslog has no level below DEBUG: send TRACE as debug (7) rather than as 5 ("notice").
+graypy.handler.SYSLOG_LEVELS.setdefault(TRACE, 7)
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+class LoggingSetupError(Exception):
+    """A log destination cannot be used; the message names it (the app exits with 2)."""
+
+
+def register_secret(secret: str | None) -> None:
+    """Never print `secret` (e.g. a SASL password) in any log line from now on."""
+    if secret:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every registered secret replaced; longest first so substrings lose."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites records that would reveal a registered secret (message or traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _secrets:
+            return True
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            # graypy and Formatter both prefer exc_text over formatting exc_info again.
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
+class ContextFilter(logging.Filter):
+    """Adds `service_id` and `host` to every record so Graylog can tell instances apart."""
+
+    def __init__(self, service_id: str, host: str) -> None:
+        super().__init__()
+        self.service_id = service_id
+        self.host = host
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service_id = self.service_id
+        record.host = self.host
+        return True
+
+
+def parse_level(level: str) -> int:
+    """Level name (any case, including TRACE) to its number."""
+    number = logging.getLevelName(level.strip().upper())
+    if not isinstance(number, int):
+        raise LoggingSetupError(f"unknown log level {level!r}")
+    return number
+
+
+def _file_handler(path: str) -> logging.Handler:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise LoggingSetupError(f"cannot write log file {path!r}: folder {folder!r} does not exist")
+    try:
+        return logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise LoggingSetupError(f"cannot write log file {path!r}: {exc.strerror}") from None
+
+
+class _GelfHandler(graypy.GELFUDPHandler):  # type: ignore[misc]
+    """GELF over UDP that complains about send failures once a minute, not per record.
+
+    The default `handleError` prints a traceback for every record, so an unresolvable or
+    unreachable Graylog host would bury the console output.
+    """
+
+    _complain_every_s = 60.0
+
+    def __init__(self, host: str, port: int, localname: str) -> None:
+        super().__init__(host, port, localname=localname)
+        self._last_complaint = -self._complain_every_s
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if now - self._last_complaint >= self._complain_every_s:
+            self._last_complaint = now
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"Cannot send log to Graylog {self.host}:{self.port}: {error}\n")
+
+
+def _graylog_handler(address: str, host: str) -> logging.Handler:
+    name, _, port = address.rpartition(":")
+    name = name.strip("[]")
+    if not name or not port.isdigit():
+        raise LoggingSetupError(f"Graylog address {address!r} is not host:port")
+    return _GelfHandler(name, int(port), localname=host)
+
+
+def setup_logging(
+    level: str,
+    log_file: str | None,
+    graylog_address: str | None,
+    service_id: str,
+    *,
+    secrets: Iterable[str | None] = (),
+) -> None:
+    """Configure the root logger; calling it again replaces what the last call installed.
+
+    Builds every handler before installing any, so a bad destination leaves logging as
+    it was and the caller can still report the error.
+    """
+    logging.addLevelName(TRACE, "TRACE")
+    numeric = parse_level(level)
+    for secret in secrets:
+        register_secret(secret)
+    host = socket.gethostname()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        if log_file:
+            handlers.append(_file_handler(log_file))
+        if graylog_address:
+            handlers.append(_graylog_handler(graylog_address, host))
+    except LoggingSetupError:
+        for handler in handlers:
+            handler.close()
+        raise
+    formatter = logging.Formatter(_FORMAT)
+    teardown_logging()
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.addFilter(RedactingFilter())
+        handler.addFilter(ContextFilter(service_id, host))
+        if not isinstance(handler, _GelfHandler):
+            handler.setFormatter(formatter)  # GELF carries time and level as fields
+        root.addHandler(handler)
+        _installed.append(handler)
+    root.setLevel(numeric)
+
+
+def teardown_logging() -> None:
+    """Remove and close what `setup_logging` installed (flushes the file and Graylog)."""
+    root = logging.getLogger()
+    for handler in _installed:
+        root.removeHandler(handler)
+        handler.close()
+    _installed.clear()
+
+
+class RateLimitedLogger:
+    """Logs a recurring problem at most once per `interval_s` per key.
+
+    A misbehaving PV can trigger the same warning hundreds of times a second; we keep
+    the first line and report how many were swallowed when the next one is allowed out.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (time of last emitted line, suppressed since then)
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
+        """Emit unless `key` was logged within the interval; True when emitted."""
+        now = self._clock()
+        with self._lock:
+            last = self._state.get(key)
+            if last is not None and now - last[0] < self._interval:
+                self._state[key] = (last[0], last[1] + 1)
+                return False
+            suppressed = last[1] if last is not None else 0
+            self._state[key] = (now, 0)
+        text = msg % args if args else msg
+        if suppressed and last is not None:
+            text += (
+                f" ({suppressed} similar message(s) suppressed in the last {now - last[0]:.0f} s)"
+            )
+        self._logger.log(level, "%s", text)
+        return True
+
+    def warning(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.ERROR, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.INFO, key, msg, *args)
