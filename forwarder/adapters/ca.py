@@ -38,7 +38,9 @@ EPICS_EPOCH_OFFSET_S = 631_152_000
 _NS = 1_000_000_000
 _MASK = SubscriptionType.DBE_VALUE | SubscriptionType.DBE_ALARM
 #: Alarm status text by number; "" for NO_ALARM (nothing to report).
-_STATUS_TEXT: tuple[str, ...] = ("",) + tuple(s.name for s in sorted(AlarmStatus))[1:]
+_STATUS_TEXT: tuple[str, ...] = tuple(
+    "" if n == 0 else AlarmStatus(n).name for n in range(max(AlarmStatus) + 1)
+)
 _N_STATUS = len(_STATUS_TEXT)
 _STRING_TYPES = frozenset((ChannelType.TIME_STRING, ChannelType.STRING))
 _ENUM_TYPES = frozenset((ChannelType.TIME_ENUM, ChannelType.ENUM))
@@ -99,6 +101,19 @@ class _InlineExecutor:
 
 
 _INLINE = _InlineExecutor()
+
+
+class _Broadcaster(SharedBroadcaster):  # type: ignore[misc]
+    """Re-sends unanswered searches as soon as a new or restarted server is seen.
+
+    caproto only notes such beacons; its own retries back off so that a PV whose IOC
+    (re)starts may wait ~8 s (then 5-10 s between tries).  libca re-searches on these
+    beacon anomalies too.  Beacons reach a client only through a CA repeater.
+    """
+
+    def _new_server_found(self) -> None:
+        super()._new_server_found()
+        self.search_now()
 
 
 class _InlineContext(Context):  # type: ignore[misc]
@@ -185,7 +200,7 @@ class CaMonitors:
     """
 
     def __init__(self, timeout: float = 2.0) -> None:
-        self._broadcaster = SharedBroadcaster()
+        self._broadcaster = _Broadcaster()
         self._context = _InlineContext(self._broadcaster, timeout=timeout)
         self._lock = threading.Lock()
         self._channels: dict[str, set[CaChannel]] = {}

@@ -320,7 +320,10 @@ class _ErrorLog:
         self.last: str | None = None
 
     def __call__(self, error: Any) -> None:
-        self.last = str(error.str() if hasattr(error, "str") else error)
+        text = str(error.str() if hasattr(error, "str") else error)
+        # "1/1 brokers are down" follows the specific reason; keep the specific one.
+        if self.last is None or "brokers are down" not in text:
+            self.last = text
 
     def reason(self, exc: BaseException, client: Any) -> str:
         """librdkafka's own words (e.g. "Connection refused"), else the exception's."""
@@ -330,8 +333,10 @@ class _ErrorLog:
             pass
         if self.last:
             return self.last
-        error = exc.args[0] if exc.args else None
-        return str(error.str() if hasattr(error, "str") else exc) or type(exc).__name__
+        error: Any = exc.args[0] if exc.args else None
+        if hasattr(error, "str"):
+            return str(error.str())
+        return str(exc) or type(exc).__name__
 
 
 def _unreachable(endpoint: _Endpoint, why: str) -> Failure:

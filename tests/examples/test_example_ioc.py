@@ -124,9 +124,10 @@ def test_environment_is_loopback_only(ioc: RunningIoc) -> None:
 def test_prints_the_pvs_it_serves(ioc: RunningIoc) -> None:
     printed = {line.split()[1]: line.split()[3] for line in ioc.lines if line.startswith("PV ")}
     assert printed == {ioc.pv(s): schema for s, (_, schema) in example_ioc.PV_SCHEMAS.items()}
-    ports = f"CA on port {ioc.env['EPICS_CA_SERVER_PORT']} and PVA on port " + ioc.env[
-        "EPICS_PVA_SERVER_PORT"
-    ]
+    ports = (
+        f"CA on port {ioc.env['EPICS_CA_SERVER_PORT']} and PVA on port "
+        + ioc.env["EPICS_PVA_SERVER_PORT"]
+    )
     assert any(ports in line for line in ioc.lines), ioc.lines
 
 
@@ -164,8 +165,14 @@ def test_amplitude_written_over_ca_is_read_over_pva(
         time.sleep(0.1)
 
 
-def test_sigterm_stops_it_cleanly(ioc: RunningIoc) -> None:
-    """Last in this module: stops the shared IOC."""
-    assert ioc.proc.poll() is None
-    ioc.proc.send_signal(signal.SIGTERM)
-    assert ioc.proc.wait(timeout=15) == 0
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_stops_cleanly_on_signal(signum: int, tmp_path: Path) -> None:
+    own = _start(epics_env(free_port(), free_port()), tmp_path / "stderr.txt")
+    try:
+        assert own.proc.poll() is None
+        own.proc.send_signal(signum)
+        assert own.proc.wait(timeout=15) == 0
+    finally:
+        if own.proc.poll() is None:
+            own.proc.kill()
+            own.proc.wait(10)

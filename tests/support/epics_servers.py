@@ -382,11 +382,12 @@ class CaRepeater:
 
     def start(self, timeout: float = 10.0) -> CaRepeater:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "caproto.commandline.repeater", "-q"],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "tests.support.repeater_script", str(os.getpid())],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=child_env(self.env),
+            cwd=str(REPO_ROOT),
         )
         deadline = time.monotonic() + timeout
         while self._port_free():  # the repeater holds the UDP port once it is up
@@ -409,6 +410,8 @@ class CaRepeater:
         if proc is not None:
             proc.kill()
             proc.wait(timeout=10)
+            if proc.stdin is not None:
+                proc.stdin.close()
 
     def __enter__(self) -> CaRepeater:
         return self.start()

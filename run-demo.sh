@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the forwarder and the demo's needs into ./.venv, then run the whole data path on
+# this machine: embedded Kafka broker, example IOC (CA + PVA), forwarder, an rf5k config
+# message, and the decoded output messages printed as they arrive (Ctrl-C to stop).
+# Extra arguments go to examples/demo.py, e.g. `./run-demo.sh --duration 30`.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python examples/demo.py "$@"
