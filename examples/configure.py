@@ -85,7 +85,9 @@ def send(broker: str, topic: str, payload: bytes, timeout: float = 10.0) -> None
         if err is not None:
             errors.append(str(err))
 
-    producer = Producer({"bootstrap.servers": broker, "message.timeout.ms": int(timeout * 1000)})
+    # librdkafka's own connection logs are silenced: the outcome is reported as one line.
+    settings = {"bootstrap.servers": broker, "message.timeout.ms": int(timeout * 1000)}
+    producer = Producer({**settings, "log_level": 0})
     producer.produce(topic, payload, on_delivery=delivered)
     if producer.flush(timeout + 1) > 0:
         raise KafkaException(f"message not delivered to {broker} within {timeout} s")

@@ -104,16 +104,46 @@ _INLINE = _InlineExecutor()
 
 
 class _Broadcaster(SharedBroadcaster):  # type: ignore[misc]
-    """Re-sends unanswered searches as soon as a new or restarted server is seen.
+    """Re-sends unanswered searches soon after a new or restarted server is seen.
 
-    caproto only notes such beacons; its own retries back off so that a PV whose IOC
-    (re)starts may wait ~8 s (then 5-10 s between tries).  libca re-searches on these
-    beacon anomalies too.  Beacons reach a client only through a CA repeater.
+    caproto's own retry loop only sends a search again after ~8 s and then every 5-10 s
+    (its wait and its resend threshold double together), and on a server beacon it merely
+    notes the server.  libca re-searches on such beacon anomalies; we do the same, a few
+    times with backoff, because an IOC beacons before it answers searches (RSRV ignores
+    them until iocInit has finished).  Beacons reach a client only through a CA repeater.
     """
+
+    FOLLOW_UPS_S = (0.0, 0.1, 0.3, 0.7, 1.5, 3.1)
+
+    def __init__(self) -> None:
+        # Set before super().__init__(): its threads may report a beacon at once.
+        self._follow_up_cond = threading.Condition()
+        self._follow_ups: list[float] = []
+        super().__init__()
+        threading.Thread(
+            target=self._follow_up_loop, daemon=True, name="ca-search-follow-up"
+        ).start()
 
     def _new_server_found(self) -> None:
         super()._new_server_found()
-        self.search_now()
+        now = time.monotonic()
+        with self._follow_up_cond:
+            self._follow_ups = [now + delay for delay in self.FOLLOW_UPS_S]
+            self._follow_up_cond.notify()
+
+    def _follow_up_loop(self) -> None:
+        cond = self._follow_up_cond
+        while not self._close_event.is_set():
+            with cond:
+                if not self._follow_ups:
+                    cond.wait(0.5)
+                    continue
+                delay = self._follow_ups[0] - time.monotonic()
+                if delay > 0:
+                    cond.wait(min(delay, 0.5))
+                    continue
+                self._follow_ups.pop(0)
+            self.search_now()
 
 
 class _InlineContext(Context):  # type: ignore[misc]
@@ -144,9 +174,7 @@ class CaChannel:
         self._convert: Converter = _first
         if not pv.connected:
             self._emit_state(ConnectionState.NEVER_CONNECTED)
-        self._conn_token = pv.connection_state_callback.add_callback(
-            self._on_connection, run=True
-        )
+        self._conn_token = pv.connection_state_callback.add_callback(self._on_connection, run=True)
         self._sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
         self._sub_token = self._sub.add_callback(self._on_value)
 

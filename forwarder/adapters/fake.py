@@ -76,7 +76,7 @@ class FakeMonitors:
         if not channels:
             return
         values = self._rng.random(len(channels))
-        for fake, value in zip(channels, values):
+        for fake, value in zip(channels, values, strict=True):
             fake.listener.on_update(value, now_ns, 0, "")
 
     def close(self) -> None:

@@ -128,13 +128,17 @@ class PvaChannel:
         """Hot path: one call per update on the monitors' worker thread."""
         if self._closed:
             return
-        if type(v) is not Value:
-            self._on_exception(v)
-            return
-        if self._state is not ConnectionState.CONNECTED:
-            self._connected(v)
-        ts, severity, message = self._meta(v)
-        self._listener.on_update(self._extract(v), ts, severity, message)
+        try:
+            if type(v) is not Value:
+                self._on_exception(v)
+                return
+            if self._state is not ConnectionState.CONNECTED:
+                self._connected(v)
+            ts, severity, message = self._meta(v)
+            self._listener.on_update(self._extract(v), ts, severity, message)
+        except Exception:
+            # Escaping exceptions make p4p close the subscription for good.
+            _log.exception("PVA update of %s failed", self.name)
 
     def _connected(self, v: Value) -> None:
         self._extract = make_extractor(v)

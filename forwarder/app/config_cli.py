@@ -123,9 +123,7 @@ def _positive_seconds(text: str) -> float:
 def _security_protocol(text: str) -> str:
     value = text.strip().upper()
     if value not in SECURITY_PROTOCOLS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not one of {', '.join(SECURITY_PROTOCOLS)}"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
     return value
 
 
@@ -287,9 +285,7 @@ def _endpoint(args: argparse.Namespace, name: str) -> _Endpoint:
     password = _option(args, f"{name}_topic_sasl_password") or os.environ.get(
         f"{env}_SASL_PASSWORD"
     )
-    ca_file = _option(args, "ssl_ca_cert_file") or os.environ.get(
-        f"{ENV_PREFIX}SSL_CA_CERT_FILE"
-    )
+    ca_file = _option(args, "ssl_ca_cert_file") or os.environ.get(f"{ENV_PREFIX}SSL_CA_CERT_FILE")
     if ca_file and not os.path.isfile(ca_file):
         raise UsageError(f"--ssl-ca-cert-file: file {ca_file!r} does not exist")
     security = _option(args, "security_protocol") or os.environ.get(

@@ -18,6 +18,7 @@ from typing import Any
 
 from forwarder.adapters.kafka_config import ConfigTopicConsumer, TopicWriter, read_topic_to_end
 from forwarder.adapters.kafka_producer import KafkaSink
+from forwarder.app.logging_setup import TRACE
 from forwarder.app.reporting import LogReporter
 from forwarder.core.config_messages import (
     ConfigCommand,
@@ -298,6 +299,15 @@ class ForwarderService:
 
     def publish_status(self) -> None:
         doc = self.status()
+        if log.isEnabledFor(TRACE):
+            summary = doc["summary"]
+            log.log(
+                TRACE,
+                "Status: %d streams, %d connected, producer queue %d",
+                summary["streams"],
+                summary["connected"],
+                doc["producer_queue_length"],
+            )
         for listener in self.status_listeners:
             listener(doc)
         if self.status_writer is None:

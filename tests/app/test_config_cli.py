@@ -412,7 +412,9 @@ def status_topic(kafka_bootstrap: str) -> str:
         topic,
         [
             x5f2("svc-b", "host-b", []),
-            x5f2("svc-a", "host-a", [stream("NEW:PV1", now - 5000, 12345), stream("NEW:PV2", None)]),
+            x5f2(
+                "svc-a", "host-a", [stream("NEW:PV1", now - 5000, 12345), stream("NEW:PV2", None)]
+            ),
         ],
     )
     return topic

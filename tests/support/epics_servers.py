@@ -313,7 +313,7 @@ class _ServerProcess:
                     break
                 except OSError:
                     if time.monotonic() > deadline or not self.running:
-                        raise ServerError(f"port {port} not served: {self.stderr_tail()}")
+                        raise ServerError(f"port {port} not served: {self.stderr_tail()}") from None
                     time.sleep(0.02)
 
     def stderr_tail(self, limit: int = 3000) -> str:
@@ -327,14 +327,26 @@ class _ServerProcess:
 class SoftIoc(_ServerProcess):
     """A real softioc IOC (RSRV for CA, pvxs QSRV for PVA) serving `records`.
 
-    Supports put, set_alarm, stop (kill) and start again on the same ports.  Counters are
-    not supported (use `P4pServer` or `CaprotoServer` for load).
+    Supports put, set_alarm, stop (kill) and start again on the same ports.  `counters`
+    become ao (DOUBLE) or longout (LONG) records set from a Python thread in the IOC.
     """
 
     module = "tests.support.ioc_script"
 
     def _served_ports(self) -> list[int]:
         return [self.ca_port, self.pva_port]
+
+    def counters_run(self, run: bool) -> dict[str, Any]:
+        """Start/stop the counter generator; returns its statistics."""
+        return self.command("counters", run=run)
+
+    def counter_stats(self) -> dict[str, Any]:
+        """ticks, posts, elapsed seconds and late ticks of the counter generator."""
+        return self.command("counters")
+
+    def counters_rate(self, rate_hz: float) -> dict[str, Any]:
+        """Change the counter generator's rate while it runs."""
+        return self.command("counters", rate=rate_hz)
 
 
 class P4pServer(_ServerProcess):

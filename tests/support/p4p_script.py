@@ -28,18 +28,19 @@ def make_pv(spec: dict[str, Any]) -> SharedPV:
     """A SharedPV with the normative type closest to the record kind."""
     kind, value = spec["kind"], spec["value"]
     if kind in ("ai", "ao"):
-        return SharedPV(nt=NTScalar("d"), initial=0.0 if value is None else value)
-    if kind in ("longin", "longout"):
-        return SharedPV(nt=NTScalar("i"), initial=0 if value is None else value)
-    if kind in ("mbbi", "mbbo"):
-        initial = {"index": value or 0, "choices": list(spec["choices"])}
-        return SharedPV(nt=NTEnum(), initial=initial)
-    if kind == "waveform":
-        arr = np.asarray([] if value is None else value, value_dtype(spec["dtype"]))
-        return SharedPV(nt=NTScalar("a" + ARRAY_CODE[spec["dtype"]]), initial=arr)
-    if kind in ("stringin", "stringout"):
-        return SharedPV(nt=NTScalar("s"), initial="" if value is None else value)
-    raise ValueError(f"unsupported record kind {kind!r}")
+        nt, initial = NTScalar("d"), 0.0 if value is None else value
+    elif kind in ("longin", "longout"):
+        nt, initial = NTScalar("i"), 0 if value is None else value
+    elif kind in ("mbbi", "mbbo"):
+        nt, initial = NTEnum(), {"index": value or 0, "choices": list(spec["choices"])}
+    elif kind == "waveform":
+        nt = NTScalar("a" + ARRAY_CODE[spec["dtype"]])
+        initial = np.asarray([] if value is None else value, value_dtype(spec["dtype"]))
+    elif kind in ("stringin", "stringout"):
+        nt, initial = NTScalar("s"), "" if value is None else value
+    else:
+        raise ValueError(f"unsupported record kind {kind!r}")
+    return SharedPV(nt=nt, initial=initial, timestamp=time.time())
 
 
 def stamp(now: float) -> dict[str, int]:
@@ -61,7 +62,9 @@ class CounterThread:
         zero = 0.0 if code == "d" else 0
         self.pvs = []
         for i in range(int(spec["count"])):
-            pv = SharedPV(initial=Value(self.type, {"value": zero, "timeStamp": stamp(time.time())}))
+            pv = SharedPV(
+                initial=Value(self.type, {"value": zero, "timeStamp": stamp(time.time())})
+            )
             provider.add(f"{spec['prefix']}{i}", pv)
             self.pvs.append(pv)
         self.cast = float if code == "d" else int

@@ -49,7 +49,9 @@ class RecordingListener:
             return [s for s, _ in self.states]
 
     def wait_update(
-        self, match: Callable[[Update], bool] = lambda u: True, timeout: float = 10.0,
+        self,
+        match: Callable[[Update], bool] = lambda u: True,
+        timeout: float = 10.0,
         start: int = 0,
     ) -> Update:
         """First update (from index `start`) satisfying `match`; AssertionError on timeout."""

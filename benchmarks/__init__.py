@@ -1,0 +1,1 @@
+"""Benchmarks of the forwarder against real EPICS servers and a real Kafka broker."""

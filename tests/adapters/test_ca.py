@@ -1,0 +1,223 @@
+"""CaMonitors against real CA servers: a softioc IOC and a caproto server (subprocesses).
+
+caproto's client reads its configuration only from os.environ, so every test pins the
+test process environment to its own ports (monkeypatch) before creating CaMonitors.  A CA
+repeater runs as it would on a real host: it forwards IOC beacons, which is how the adapter
+notices a (re)started IOC quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from forwarder.adapters.ca import CaMonitors, make_converter, status_text
+from forwarder.core.events import ConnectionState
+from tests.support.epics_servers import (
+    CaprotoServer,
+    CaRepeater,
+    Record,
+    SoftIoc,
+    epics_env,
+    free_port,
+)
+from tests.support.recording import RecordingListener
+
+SCALARS = [
+    Record("T:AI", "ai", 1.5),
+    Record("T:LO", "longout", 3),
+    Record("T:MBB", "mbbi", 1, choices=("zero", "one", "two")),
+    Record("T:S", "stringin", "hello"),
+]
+WAVEFORMS = [
+    Record(f"T:WF:{dtype}", "waveform", [1, 2, 3], dtype, 8)
+    for dtype in ("DOUBLE", "FLOAT", "LONG", "SHORT", "CHAR", "UCHAR")
+]
+#: Element types as seen over CA (DBR_CHAR is unsigned on the wire).
+CA_DTYPES = {"DOUBLE": np.float64, "FLOAT": np.float32, "LONG": np.int32,
+             "SHORT": np.int16, "CHAR": np.uint8, "UCHAR": np.uint8}  # fmt: skip
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = epics_env(free_port(), free_port())
+    for key in list(os.environ):
+        if key.startswith("EPICS_"):
+            monkeypatch.delenv(key)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def monitors(env: dict[str, str]) -> Iterator[CaMonitors]:
+    with CaRepeater(env):
+        ca = CaMonitors()
+        try:
+            yield ca
+        finally:
+            ca.close()
+
+
+def subscribe(monitors: CaMonitors, *names: str) -> dict[str, RecordingListener]:
+    listeners = {name: RecordingListener() for name in names}
+    for name, listener in listeners.items():
+        monitors.subscribe(name, listener)
+    return listeners
+
+
+def assert_quiet(listener: RecordingListener, seconds: float = 0.5) -> None:
+    before = listener.update_count()
+    time.sleep(seconds)
+    assert listener.update_count() == before, listener.updates[before:]
+
+
+def test_scalars_enum_string_and_timestamps(env: dict[str, str], monitors: CaMonitors) -> None:
+    with SoftIoc(SCALARS, env=env) as ioc:
+        rec = subscribe(monitors, *(r.name for r in SCALARS))
+        first = {name: listener.wait_update() for name, listener in rec.items()}
+        assert first["T:AI"].value == 1.5 and type(first["T:AI"].value) is np.float64
+        assert first["T:LO"].value == 3 and type(first["T:LO"].value) is np.int32
+        assert first["T:MBB"].value == 1 and type(first["T:MBB"].value) is int
+        assert first["T:S"].value == "hello"
+        assert all(u.severity == 0 and u.status == "" for u in first.values())
+        for listener in rec.values():
+            assert listener.state_list()[-1] is ConnectionState.CONNECTED
+
+        before = time.time_ns()
+        for name, value in (("T:AI", -2.25), ("T:LO", 123456), ("T:MBB", 2), ("T:S", "bye")):
+            ioc.put(name, value)
+            update = rec[name].wait_value(value)
+            # Same host, same clock: stamped by the IOC between our put and our receipt.
+            assert before - 10_000_000 <= update.timestamp_ns <= time.time_ns() + 10_000_000
+        assert type(rec["T:MBB"].wait_value(2).value) is int
+
+
+def test_waveforms_keep_element_type(env: dict[str, str], monitors: CaMonitors) -> None:
+    with SoftIoc(WAVEFORMS, env=env) as ioc:
+        rec = subscribe(monitors, *(r.name for r in WAVEFORMS))
+        for record in WAVEFORMS:
+            value = rec[record.name].wait_update().value
+            assert isinstance(value, np.ndarray) and value.ndim == 1
+            assert value.dtype == CA_DTYPES[record.dtype] and value.dtype.isnative
+            assert value.tolist() == [1, 2, 3]
+        ioc.put("T:WF:DOUBLE", [0.5, 1.5, 2.5, 3.5, 4.5])
+        assert rec["T:WF:DOUBLE"].wait_value(np.array([0.5, 1.5, 2.5, 3.5, 4.5])).value.size == 5
+        ioc.put("T:WF:SHORT", [-7])
+        assert rec["T:WF:SHORT"].wait_value(np.array([-7], np.int16)).value.dtype == np.int16
+
+
+def test_alarm_severity_and_status_pass_through(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    with SoftIoc(SCALARS, env=env) as ioc:
+        listener = subscribe(monitors, "T:AI")["T:AI"]
+        listener.wait_update()
+        ioc.set_alarm("T:AI", 2, "HIHI")
+        update = listener.wait_update(lambda u: u.severity == 2)
+        assert (update.status, update.value) == ("HIHI", 1.5)
+        ioc.set_alarm("T:AI", 1, "LOW")
+        assert listener.wait_update(lambda u: u.severity == 1).status == "LOW"
+        ioc.set_alarm("T:AI", 0, "NO_ALARM")
+        start = listener.update_count()
+        assert listener.wait_update(lambda u: u.severity == 0, start=start).status == ""
+
+
+def test_pv_appearing_later_is_forwarded(env: dict[str, str], monitors: CaMonitors) -> None:
+    listener = subscribe(monitors, "T:AI")["T:AI"]
+    assert_quiet(listener, 0.3)
+    assert listener.state_list() == [ConnectionState.NEVER_CONNECTED]
+    with SoftIoc(SCALARS, env=env) as ioc:
+        assert listener.wait_update(timeout=15).value == 1.5
+        assert listener.state_list() == [ConnectionState.NEVER_CONNECTED, ConnectionState.CONNECTED]
+        ioc.put("T:AI", 4.0)
+        listener.wait_value(4.0)
+
+
+def test_ioc_restart_disconnects_then_resumes(env: dict[str, str], monitors: CaMonitors) -> None:
+    with SoftIoc(SCALARS, env=env) as ioc:
+        listener = subscribe(monitors, "T:AI")["T:AI"]
+        listener.wait_update()
+        ioc.stop()
+        listener.wait_state(ConnectionState.DISCONNECTED, timeout=5)
+        ioc.start()
+        connected = listener.wait_state(ConnectionState.CONNECTED, timeout=15, start=2)
+        ioc.put("T:AI", 8.5)
+        listener.wait_value(8.5)
+        assert connected == 3
+        assert listener.state_list() == [
+            ConnectionState.NEVER_CONNECTED,
+            ConnectionState.CONNECTED,
+            ConnectionState.DISCONNECTED,
+            ConnectionState.CONNECTED,
+        ]
+
+
+def test_close_stops_callbacks(env: dict[str, str], monitors: CaMonitors) -> None:
+    with SoftIoc(SCALARS, env=env) as ioc:
+        kept, dropped, other = RecordingListener(), RecordingListener(), RecordingListener()
+        monitors.subscribe("T:AI", kept)
+        dropped_sub = monitors.subscribe("T:AI", dropped)  # same PV, second listener
+        monitors.subscribe("T:LO", other)
+        for listener in (kept, dropped, other):
+            listener.wait_update()
+        dropped_sub.close()
+        ioc.put("T:AI", 5.5)
+        kept.wait_value(5.5)
+        assert_quiet(dropped, 0.2)
+        assert all(u.value != 5.5 for u in dropped.updates)
+
+        monitors.close()
+        ioc.put("T:AI", 6.5)
+        ioc.put("T:LO", 9)
+        assert_quiet(kept, 0.3)
+        assert_quiet(other, 0.0)
+        with pytest.raises(RuntimeError):
+            monitors.subscribe("T:AI", kept)
+
+
+def test_failing_listener_does_not_break_the_channel(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    with SoftIoc(SCALARS, env=env) as ioc:
+        listener = RecordingListener(fail_first=1)
+        monitors.subscribe("T:AI", listener)
+        listener.wait_update()
+        ioc.put("T:AI", 7.25)
+        listener.wait_value(7.25)
+
+
+def test_caproto_server_types_and_alarms(env: dict[str, str], monitors: CaMonitors) -> None:
+    records = [*SCALARS, Record("T:WF:DOUBLE", "waveform", [1.0, 2.0], "DOUBLE", 4),
+               Record("T:WF:SHORT", "waveform", [4, 5, 6], "SHORT", 4),
+               Record("T:WF:CHAR", "waveform", [7, 8], "CHAR", 4)]  # fmt: skip
+    with CaprotoServer(records, env=env) as server:
+        rec = subscribe(monitors, *(r.name for r in records))
+        first = {name: listener.wait_update() for name, listener in rec.items()}
+        assert type(first["T:AI"].value) is np.float64 and first["T:AI"].value == 1.5
+        assert type(first["T:LO"].value) is np.int32 and first["T:LO"].value == 3
+        assert first["T:MBB"].value == 1 and first["T:S"].value == "hello"
+        assert first["T:WF:DOUBLE"].value.tolist() == [1.0, 2.0]
+        assert first["T:WF:SHORT"].value.dtype == np.int16
+        assert first["T:WF:CHAR"].value.tolist() == [7, 8]
+        server.put("T:MBB", 2)
+        rec["T:MBB"].wait_value(2)
+        server.put("T:WF:SHORT", [1, 2, 3, 4])
+        rec["T:WF:SHORT"].wait_value(np.array([1, 2, 3, 4]))
+        server.set_alarm("T:LO", 3, "COMM")
+        update = rec["T:LO"].wait_update(lambda u: u.severity == 3)
+        assert update.status == "COMM" and update.value == 3
+        server.stop()
+        rec["T:AI"].wait_state(ConnectionState.DISCONNECTED, timeout=5)
+
+
+def test_status_text_and_converters() -> None:
+    assert status_text(0) == "" and status_text(3) == "HIHI" and status_text(999) == "STATUS_999"
+    big_endian = np.array([1.0, 2.0], ">f8")
+    converted = make_converter(20, big_endian, scalar=False)(big_endian)
+    assert converted.dtype == np.float64 and converted.dtype.isnative
+    assert converted.tolist() == [1.0, 2.0]
