@@ -7,7 +7,8 @@ floor the forwarder's cost per update is compared with.
 
 Pipe protocol as `tests.support._child`: the PVs are `counters.names()` of the configuration,
 the protocol comes from $BENCH_BASELINE_PROTOCOL (ca or pva); the `stats` command
-returns updates, gaps, connected PVs and this process's CPU seconds.
+returns updates, counter gaps (values never delivered), connected PVs and this
+process's CPU seconds.
 """
 
 from __future__ import annotations

@@ -48,8 +48,10 @@ class FakeMonitors:
         self.period_ns = period_ms * 1_000_000
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        # Copy-on-write: tick() iterates a snapshot without taking the lock.
-        self._channels: tuple[FakeChannel, ...] = ()
+        self._channels: dict[FakeChannel, None] = {}  # an ordered set
+        # What tick() iterates; rebuilt lazily after (un)subscribes, so subscribing N PVs
+        # costs O(N) in total and a tick takes no lock unless something changed.
+        self._snapshot: tuple[FakeChannel, ...] | None = ()
         self._closed = False
         if scheduler_hook is not None:
             scheduler_hook(self.period_ns, self.tick)
@@ -59,20 +61,25 @@ class FakeMonitors:
         with self._lock:
             if self._closed:
                 raise RuntimeError("FakeMonitors is closed")
-            self._channels = (*self._channels, fake)
+            self._channels[fake] = None
+            self._snapshot = None
         listener.on_connection(ConnectionState.CONNECTED, time.time_ns())
         return fake
 
     def _remove(self, fake: FakeChannel) -> None:
         with self._lock:
-            self._channels = tuple(c for c in self._channels if c is not fake)
+            if self._channels.pop(fake, 0) is None:
+                self._snapshot = None
 
     def channel_count(self) -> int:
         return len(self._channels)
 
     def tick(self, now_ns: int) -> None:
         """Emit one random double, stamped `now_ns` (unix ns), for every fake PV."""
-        channels = self._channels
+        channels = self._snapshot
+        if channels is None:
+            with self._lock:
+                channels = self._snapshot = tuple(self._channels)
         if not channels:
             return
         values = self._rng.random(len(channels))
@@ -82,4 +89,5 @@ class FakeMonitors:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._channels = ()
+            self._channels.clear()
+            self._snapshot = ()

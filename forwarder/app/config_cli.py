@@ -664,8 +664,10 @@ def read_status(
 ) -> list[ServiceStatus]:
     """Newest status per service, read from every partition without joining a group.
 
-    Stops when every partition reported its end, after `quiet_s` without messages (for
-    brokers that never report the end), or at the endpoint timeout.
+    A partition is read once it reports its end or yields a message stamped after we
+    started (running forwarders publish every few seconds, so their partition never stays
+    at its end for long, and some brokers report the end late).  Reading stops when every
+    partition is read, after `quiet_s` without messages, or at the endpoint timeout.
     """
     from confluent_kafka import (
         OFFSET_BEGINNING,
@@ -678,6 +680,7 @@ def read_status(
 
     topic = endpoint.uri.topic
     assert topic is not None
+    started_ms = int(time.time() * 1000)
     errors = _ErrorLog()
     consumer = Consumer(
         {
@@ -718,9 +721,9 @@ def read_status(
                 pass  # read from the start and filter by timestamp instead
         consumer.assign(starts)
         newest: dict[str, ServiceStatus] = {}
-        at_end: set[int] = set()
+        read: set[int] = set()
         last_activity = time.monotonic()
-        while len(at_end) < len(partitions):
+        while len(read) < len(partitions):
             now = time.monotonic()
             if now >= deadline or now - last_activity >= quiet_s:
                 break
@@ -729,10 +732,13 @@ def read_status(
                 error = record.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(record.partition() or 0)
+                        read.add(record.partition() or 0)
                     continue
-                at_end.discard(record.partition() or 0)
                 timestamp_ms = int(record.timestamp()[1])
+                if timestamp_ms >= started_ms:
+                    read.add(record.partition() or 0)
+                else:
+                    read.discard(record.partition() or 0)
                 if since_ms is not None and timestamp_ms < since_ms:
                     continue
                 found_status = _decode_status(record.value() or b"", timestamp_ms)

@@ -26,6 +26,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from flatbuffers import encode, packer
+from flatbuffers.table import Table
 from streaming_data_types.forwarder_config_update_fc00 import (
     StreamInfo as Fc00StreamInfo,
 )
@@ -149,6 +151,7 @@ def _read(data: bytes, schema_id: str, rf5k_periodic: bool) -> tuple[int, list[_
     struct.error, UnicodeDecodeError, OverflowError... and the list is not documented.
     """
     try:
+        _check_bounds(data)
         if schema_id == "rf5k":
             update = deserialise_rf5k(data)
             raws = [
@@ -167,6 +170,40 @@ def _read(data: bytes, schema_id: str, rf5k_periodic: bool) -> tuple[int, list[_
         raise ConfigMessageError(
             f"corrupt {schema_id} message: {type(exc).__name__}: {detail}"
         ) from exc
+
+
+#: Table slots (vtable offsets) shared by rf5k and fc00: the root's stream vector and each
+#: stream's channel, schema and topic strings.
+_STREAMS_SLOT = 6
+_STRING_SLOTS = (4, 6, 8)
+
+
+def _check_bounds(data: bytes) -> None:
+    """Raise ValueError if the stream vector or a stream's string runs past the end.
+
+    The Python flatbuffers reader slices strings without checking their stored length, so a
+    truncated message would otherwise decode into shortened PV names (and forward them),
+    and the streaming_data_types deserialisers treat a cut stream vector as "no streams".
+    """
+    size = len(data)
+    root = Table(data, encode.Get(packer.uoffset, data, 0))
+    slot = root.Offset(_STREAMS_SLOT)
+    if not slot:
+        return
+    first = root.Vector(slot)
+    count = root.VectorLen(slot)
+    if first + 4 * count > size:
+        raise ValueError(f"stream vector of {count} entries runs past the end (truncated?)")
+    for index in range(count):
+        stream = Table(data, root.Indirect(first + 4 * index))
+        for field_slot in _STRING_SLOTS:
+            offset = stream.Offset(field_slot)
+            if not offset:
+                continue
+            start = stream.Indirect(stream.Pos + offset)
+            length = encode.Get(packer.uoffset, data, start)
+            if start + 4 + length > size:
+                raise ValueError(f"a string of stream {index} runs past the end (truncated?)")
 
 
 def _kind(raw_kind: int, schema_id: str) -> UpdateKind:

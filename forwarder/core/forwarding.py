@@ -182,11 +182,11 @@ class Channel:
             elif type(value) is not str and _is_empty(value):
                 empty = True  # counted once per update, like updates_forwarded
             if out.wants_alarm and alarm != out.alarm_state:
-                out.alarm_state = alarm
                 msg = serialise_alarm(self.name, ts_ns, severity, status_message)
                 out.last_alarm = msg
-                send(out.topic, out.key, msg, ts_ms)
                 out.last_sent_ns = mono
+                if send(out.topic, out.key, msg, ts_ms):
+                    out.alarm_state = alarm  # a refused alarm is tried again next update
         if forwarded_any:
             counters.updates_forwarded += 1
         if empty:
@@ -202,9 +202,10 @@ class Channel:
             core.send_connection(self, out)
 
     # -- helpers ---------------------------------------------------------------------
-    def connection_message(self, out: StreamOutput) -> bytes:
-        ts = self.connection_ts_ns or time.time_ns()
-        return serialise_connection(self.name, ts, self.connection, self._core.service_id)
+    def connection_message(self, timestamp_ns: int) -> bytes:
+        return serialise_connection(
+            self.name, timestamp_ns, self.connection, self._core.service_id
+        )
 
 
 def _is_empty(value: Any) -> bool:
@@ -286,8 +287,8 @@ class ForwardingCore:
                 raise
         else:
             channel.outputs = channel.outputs + (out,)
-            if channel.connection == ConnectionState.CONNECTED:
-                self.send_connection(channel, out)
+            if channel.connection != ConnectionState.NEVER_CONNECTED:
+                self.send_connection(channel, out, late=True)
         return out
 
     def remove_stream(self, spec: StreamSpec) -> None:
@@ -309,11 +310,16 @@ class ForwardingCore:
     def channel_of(self, out: StreamOutput) -> Channel | None:
         return self.channels.get((out.spec.protocol, out.spec.channel))
 
-    def send_connection(self, channel: Channel, out: StreamOutput) -> None:
-        msg = channel.connection_message(out)
+    def send_connection(self, channel: Channel, out: StreamOutput, late: bool = False) -> None:
+        """Send the PV's connection state to one stream.  The FlatBuffer carries when the
+        state began; `late` (a stream added to a PV already in that state) uses now as
+        the Kafka timestamp so time-based lookups and retention treat it as new."""
+        now_ns = time.time_ns()
+        ts_ns = channel.connection_ts_ns or now_ns
+        msg = channel.connection_message(ts_ns)
         out.last_connection = msg
-        ts_ms = (channel.connection_ts_ns or time.time_ns()) // 1_000_000
-        self.sink.send(out.topic, out.key, msg, ts_ms)
+        kafka_ms = (now_ns if late else ts_ns) // 1_000_000
+        self.sink.send(out.topic, out.key, msg, kafka_ms)  # a refusal is counted by the sink
         out.last_sent_ns = time.monotonic_ns()
 
     def resend(self, out: StreamOutput, now_ms: int) -> int:

@@ -111,9 +111,7 @@ def test_waveforms_keep_element_type(env: dict[str, str], monitors: CaMonitors) 
         assert rec["T:WF:SHORT"].wait_value(np.array([-7], np.int16)).value.dtype == np.int16
 
 
-def test_alarm_severity_and_status_pass_through(
-    env: dict[str, str], monitors: CaMonitors
-) -> None:
+def test_alarm_severity_and_status_pass_through(env: dict[str, str], monitors: CaMonitors) -> None:
     with SoftIoc(SCALARS, env=env) as ioc:
         listener = subscribe(monitors, "T:AI")["T:AI"]
         listener.wait_update()
@@ -128,6 +126,11 @@ def test_alarm_severity_and_status_pass_through(
 
 
 def test_pv_appearing_later_is_forwarded(env: dict[str, str], monitors: CaMonitors) -> None:
+    # A missing PV that is unsubscribed stops being searched for...
+    abandoned = RecordingListener()
+    monitors.subscribe("T:AI", abandoned).close()
+    assert not monitors._broadcaster.unanswered_searches
+    # ...and is searched for again when subscribed again.
     listener = subscribe(monitors, "T:AI")["T:AI"]
     assert_quiet(listener, 0.3)
     assert listener.state_list() == [ConnectionState.NEVER_CONNECTED]
@@ -136,6 +139,7 @@ def test_pv_appearing_later_is_forwarded(env: dict[str, str], monitors: CaMonito
         assert listener.state_list() == [ConnectionState.NEVER_CONNECTED, ConnectionState.CONNECTED]
         ioc.put("T:AI", 4.0)
         listener.wait_value(4.0)
+        assert not abandoned.updates
 
 
 def test_ioc_restart_disconnects_then_resumes(env: dict[str, str], monitors: CaMonitors) -> None:

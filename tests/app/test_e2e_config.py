@@ -40,6 +40,7 @@ from streaming_data_types.forwarder_config_update_fc00 import StreamInfo as Fc00
 from streaming_data_types.forwarder_config_update_fc00 import serialise_fc00
 from streaming_data_types.forwarder_config_update_rf5k import StreamInfo as Rf5kStream
 from streaming_data_types.forwarder_config_update_rf5k import serialise_rf5k
+from streaming_data_types.logdata_f144 import serialise_f144
 
 from tests.support.forwarder_process import ForwarderProcess
 from tests.support.kafka import Msg, TopicReader, create_topic, decode, produce, unique_topic
@@ -384,3 +385,111 @@ def test_remove_matching_and_wildcards(harness_factory: Callable[..., Harness]) 
     # Topic only, exact.
     h.send(rf5k(Rf5kUpdateType.REMOVE, remove_rf5k(topic=t2)))
     h.wait_configured([])
+
+
+def f144_of(msgs: Iterable[Msg], channel: str, since_ms: int = 0) -> list[tuple[Msg, Any]]:
+    """(message, decoded f144) of `channel` with a Kafka timestamp after `since_ms`."""
+    found = []
+    for m in msgs:
+        if m.schema_id == "f144" and m.key == channel.encode() and m.timestamp_ms > since_ms:
+            found.append((m, decode(m)[1]))
+    return found
+
+
+def test_duplicate_add_is_a_no_op(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory()
+    t1, t2 = topics(2)
+    h.send(rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:DUP", t1)))
+    h.expect([("FAKE:DUP", t1, "f144")], {t1: ["FAKE:DUP"]})
+
+    # The same stream again: rf5k, fc00 (periodic=0 is what rf5k means here) and twice
+    # within one message.  A marker stream shows when all of it was processed.
+    h.send(
+        rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:DUP", t1)),
+        fc00(Fc00UpdateType.ADD, fake_fc00("FAKE:DUP", t1), fake_fc00("FAKE:DUP", t1)),
+        fc00(Fc00UpdateType.ADD, fake_fc00("FAKE:MARK", t2)),
+    )
+    config = [("FAKE:DUP", t1, "f144"), ("FAKE:MARK", t2, "f144")]
+    streams = h.wait_configured(config)
+    assert len(streams) == 2, streams
+    since = now_ms()
+    h.forwarding({t1: ["FAKE:DUP"], t2: ["FAKE:MARK"]}, since, ticks=5)
+    # One stream = one message per fake tick; a doubled stream would send each update
+    # (same FlatBuffer timestamp) twice.
+    stamps = [d.timestamp_unix_ns for _, d in f144_of(h.reader(t1).messages, "FAKE:DUP", since)]
+    assert len(stamps) == len(set(stamps)), f"repeated updates: {sorted(stamps)}"
+    connections = [m for m in h.reader(t1).messages if m.schema_id == "ep01"]
+    assert len(connections) == 1, f"{len(connections)} ep01 messages: stream was restarted"
+
+
+def test_two_streams_of_one_fake_pv(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory()
+    t1, t2 = topics(2)
+    h.send(fc00(Fc00UpdateType.ADD, fake_fc00("FAKE:TWO", t1), fake_fc00("FAKE:TWO", t2)))
+    h.expect(
+        [("FAKE:TWO", t1, "f144"), ("FAKE:TWO", t2, "f144")], {t1: ["FAKE:TWO"], t2: ["FAKE:TWO"]}
+    )
+    # Both streams carry the same updates.
+    on_t1 = {
+        d.timestamp_unix_ns: float(d.value) for _, d in f144_of(h.reader(t1).messages, "FAKE:TWO")
+    }
+    on_t2 = {
+        d.timestamp_unix_ns: float(d.value) for _, d in f144_of(h.reader(t2).messages, "FAKE:TWO")
+    }
+    common = set(on_t1) & set(on_t2)
+    assert len(common) >= TICKS and all(on_t1[t] == on_t2[t] for t in common)
+
+    h.send(fc00(Fc00UpdateType.REMOVE, remove_fc00(channel="FAKE:TWO", topic=t1)))
+    h.expect([("FAKE:TWO", t2, "f144")], {t1: [], t2: ["FAKE:TWO"]})
+
+    # Adding it back to t1 works too (the PV subscription was shared, not broken).
+    h.send(fc00(Fc00UpdateType.ADD, fake_fc00("FAKE:TWO", t1)))
+    h.expect(
+        [("FAKE:TWO", t1, "f144"), ("FAKE:TWO", t2, "f144")], {t1: ["FAKE:TWO"], t2: ["FAKE:TWO"]}
+    )
+
+
+def test_invalid_messages_are_rejected_and_logged(harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory()
+    (t1,) = topics(1)
+    good_rf5k = rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:TRUNCATED", t1))
+    bad_and_good: list[tuple[bytes, str]] = [
+        (b"this is not a flatbuffer at all", "unknown schema id"),
+        (b"", "message too short"),
+        (good_rf5k[:20], "corrupt rf5k message"),
+        # Cut inside the channel name: must not start forwarding a PV called "FAKE:TRU".
+        (good_rf5k[:-8], "corrupt rf5k message"),
+        (serialise_f144("FAKE:X", 1.0, time.time_ns()), "unknown schema id 'f144'"),
+        (fc00(7, fake_fc00("FAKE:BADKIND", t1)), "unknown update type 7"),
+        (rf5k(3, fake_rf5k("FAKE:RF5KREPLACE", t1)), "REPLACE is not supported by rf5k"),
+        (rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:XYZ", t1, "xyz1")), "schema must be one of"),
+        (fc00(Fc00UpdateType.REMOVE, remove_fc00()), "REMOVE needs at least one of"),
+        (
+            fc00(
+                Fc00UpdateType.ADD,
+                fake_fc00("", t1),
+                fake_fc00("FAKE:BADSCHEMA", t1, "xyz1"),
+                fake_fc00("FAKE:NOTOPIC", ""),
+                fake_fc00("FAKE:MIXED_OK", t1),
+            ),
+            "channel is empty",
+        ),
+    ]
+    payloads: list[bytes] = []
+    expected: list[StreamId] = [("FAKE:MIXED_OK", t1, "f144")]
+    for i, (bad, _) in enumerate(bad_and_good):
+        good = f"FAKE:GOOD{i}"
+        payloads += [bad, fc00(Fc00UpdateType.ADD, fake_fc00(good, t1))]
+        expected.append((good, t1, "f144"))
+    h.send(*payloads)
+
+    channels = [c for c, _, _ in expected]
+    h.expect(expected, {t1: channels})
+    h.assert_running()
+    log = h.fw.log()
+    for _, reason in bad_and_good:
+        assert reason in log, f"log does not mention {reason!r}:\n{log[-6000:]}"
+    for reason in ("schema must be one of f144, tdct", "topic is empty"):
+        assert reason in log, f"log does not mention {reason!r}:\n{log[-6000:]}"
+    rejected = [line for line in log.splitlines() if "Ignored" in line]
+    assert len(rejected) >= len(bad_and_good) + 2, "\n".join(rejected)

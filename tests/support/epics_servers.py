@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
@@ -86,10 +86,15 @@ def epics_env(ca_port: int, pva_port: int) -> dict[str, str]:
 
     CA: server TCP and UDP search on `ca_port`, repeater/beacons on `ca_port + 1` (so a
     caRepeater of another test or of the machine is never shared).  PVA: server TCP and UDP
-    search/beacons both on `pva_port` (TCP and UDP port numbers do not collide).  Use the
-    same mapping for server and client.
+    search on `pva_port` (TCP and UDP numbers do not collide); clients listen for beacons
+    on UDP `pva_port + 1`, where servers send them.  Sharing one UDP port between a server
+    and a client on one host would let the kernel hand each unicast beacon to only one of
+    them, and pvxs clients search again at once only when they see a new server's beacon.
+    Use the same mapping for servers and clients.
     """
     ca, rep, pva = str(ca_port), str(ca_port + 1), str(pva_port)
+    pva_search = f"{LOCALHOST}:{pva_port}"
+    pva_beacons = f"{LOCALHOST}:{pva_port + 1}"
     return {
         "EPICS_CA_SERVER_PORT": ca,
         "EPICS_CAS_SERVER_PORT": ca,
@@ -102,12 +107,12 @@ def epics_env(ca_port: int, pva_port: int) -> dict[str, str]:
         "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
         "EPICS_PVA_SERVER_PORT": pva,
         "EPICS_PVAS_SERVER_PORT": pva,
-        "EPICS_PVA_BROADCAST_PORT": pva,
+        "EPICS_PVA_BROADCAST_PORT": str(pva_port + 1),
         "EPICS_PVAS_BROADCAST_PORT": pva,
-        "EPICS_PVA_ADDR_LIST": LOCALHOST,
+        "EPICS_PVA_ADDR_LIST": pva_search,
         "EPICS_PVA_AUTO_ADDR_LIST": "NO",
         "EPICS_PVAS_INTF_ADDR_LIST": LOCALHOST,
-        "EPICS_PVAS_BEACON_ADDR_LIST": LOCALHOST,
+        "EPICS_PVAS_BEACON_ADDR_LIST": pva_beacons,
         "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
     }
 
@@ -156,6 +161,9 @@ class Counters:
         return [f"{self.prefix}{i}" for i in range(self.count)]
 
 
+_S = TypeVar("_S", bound="_ServerProcess")
+
+
 class ServerError(RuntimeError):
     """The server process failed to start or rejected a command."""
 
@@ -201,7 +209,7 @@ class _ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> _ServerProcess:
+    def start(self: _S) -> _S:
         """Start (or restart, on the same ports) and return once it serves its PVs."""
         if self.running:
             return self
@@ -244,7 +252,7 @@ class _ServerProcess:
             self._stderr.close()
             self._stderr = None
 
-    def __enter__(self) -> _ServerProcess:
+    def __enter__(self: _S) -> _S:
         return self.start()
 
     def __exit__(
