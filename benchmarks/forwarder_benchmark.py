@@ -50,7 +50,12 @@ from benchmarks.support import (  # noqa: E402
 )
 from forwarder.core.config_messages import UpdateKind, encode_config_message  # noqa: E402
 from forwarder.core.streams import Protocol, StreamSpec  # noqa: E402
-from tests.support.epics_servers import Counters, _ServerProcess, free_port  # noqa: E402
+from tests.support.epics_servers import (  # noqa: E402
+    CaRepeater,
+    Counters,
+    _ServerProcess,
+    free_port,
+)
 from tests.support.forwarder_process import ForwarderProcess  # noqa: E402
 from tests.support.kafka import TansuBroker, create_topic, produce, unique_topic  # noqa: E402
 
@@ -95,6 +100,9 @@ def broker(args: argparse.Namespace) -> Iterator[Setup]:
 def generator(setup: Setup, counters: Counters) -> Iterator[_ServerProcess]:
     args = setup.args
     server = make_generator(args.protocol, args.ca_server, counters)
+    repeater = CaRepeater(server.env) if args.protocol == "ca" else None
+    if repeater is not None:  # as on a real IOC host: caproto clients register with it
+        repeater.start()
     started = time.monotonic()
     server.start()
     say(f"{type(server).__name__}: {counters.count} PVs at {counters.rate_hz} Hz "
@@ -103,6 +111,8 @@ def generator(setup: Setup, counters: Counters) -> Iterator[_ServerProcess]:
         yield server
     finally:
         server.stop()
+        if repeater is not None:
+            repeater.stop()
 
 
 def server_pid(server: _ServerProcess) -> int:

@@ -155,6 +155,7 @@ def _add_connection_options(p: argparse.ArgumentParser, endpoints: Sequence[str]
         "--security-protocol",
         dest=f"{g}security_protocol",
         type=_security_protocol,
+        metavar="PROTOCOL",
         help=f"override the derived protocol: {', '.join(SECURITY_PROTOCOLS)}",
     )
     p.add_argument(

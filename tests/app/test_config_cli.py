@@ -407,6 +407,7 @@ def status_topic(kafka_bootstrap: str) -> str:
     now = int(time.time() * 1000)
     produce(kafka_bootstrap, topic, [x5f2("svc-a", "host-a", [stream("OLD:PV", now)], pid=1)])
     produce(kafka_bootstrap, topic, [b"not a flatbuffer at all"])
+    time.sleep(0.01)  # distinct timestamps: "newest" must not depend on partition order
     produce(
         kafka_bootstrap,
         topic,

@@ -42,6 +42,7 @@ from streaming_data_types.forwarder_config_update_rf5k import StreamInfo as Rf5k
 from streaming_data_types.forwarder_config_update_rf5k import serialise_rf5k
 from streaming_data_types.logdata_f144 import serialise_f144
 
+from tests.support.epics_servers import Record, SoftIoc, epics_env, free_port
 from tests.support.forwarder_process import ForwarderProcess
 from tests.support.kafka import Msg, TopicReader, create_topic, decode, produce, unique_topic
 
@@ -493,3 +494,128 @@ def test_invalid_messages_are_rejected_and_logged(harness_factory: Callable[...,
         assert reason in log, f"log does not mention {reason!r}:\n{log[-6000:]}"
     rejected = [line for line in log.splitlines() if "Ignored" in line]
     assert len(rejected) >= len(bad_and_good) + 2, "\n".join(rejected)
+
+
+@pytest.fixture
+def ioc_env() -> dict[str, str]:
+    return epics_env(free_port(), free_port())
+
+
+def epics_fc00(
+    channel: str, topic: str, protocol: int = Fc00Protocol.PVA, periodic: int = 0
+) -> Fc00Stream:
+    return Fc00Stream(channel, "f144", topic, protocol, periodic)
+
+
+def wait_value(h: Harness, topic: str, channel: str, value: float) -> None:
+    h.reader(topic).wait_for(
+        lambda ms: any(float(d.value) == value for _, d in f144_of(ms, channel)), WAIT
+    )
+
+
+def test_two_streams_of_one_epics_pv(
+    harness_factory: Callable[..., Harness], ioc_env: dict[str, str]
+) -> None:
+    pv = "CFG:TWO"
+    t_pva1, t_pva2, t_ca = topics(3)
+    with SoftIoc([Record(pv, "ao", 1.0)], env=ioc_env) as ioc:
+        h = harness_factory(args=[], epics=ioc_env)
+        h.send(
+            fc00(
+                Fc00UpdateType.ADD,
+                epics_fc00(pv, t_pva1),
+                epics_fc00(pv, t_pva2),
+                epics_fc00(pv, t_ca, Fc00Protocol.CA),
+            )
+        )
+        h.wait_configured([(pv, t, "f144") for t in (t_pva1, t_pva2, t_ca)])
+        ioc.put(pv, 2.0)
+        for topic in (t_pva1, t_pva2, t_ca):
+            wait_value(h, topic, pv, 2.0)
+
+        # One PVA stream goes; the other PVA stream of the same PV and the CA one stay.
+        h.send(fc00(Fc00UpdateType.REMOVE, remove_fc00(channel=pv, topic=t_pva1)))
+        h.wait_configured([(pv, t_pva2, "f144"), (pv, t_ca, "f144")])
+        ioc.put(pv, 3.0)
+        wait_value(h, t_pva2, pv, 3.0)
+        wait_value(h, t_ca, pv, 3.0)
+        h.reader(t_pva1).poll_messages(0.5)
+        assert not [d for _, d in f144_of(h.reader(t_pva1).messages, pv) if float(d.value) == 3.0]
+
+        # The CA stream goes; the PVA one stays.
+        h.send(rf5k(Rf5kUpdateType.REMOVE, remove_rf5k(channel=pv, topic=t_ca)))
+        h.wait_configured([(pv, t_pva2, "f144")])
+        ioc.put(pv, 4.0)
+        wait_value(h, t_pva2, pv, 4.0)
+        h.reader(t_ca).poll_messages(0.5)
+        assert not [d for _, d in f144_of(h.reader(t_ca).messages, pv) if float(d.value) == 4.0]
+
+
+def test_periodic_resends(harness_factory: Callable[..., Harness], ioc_env: dict[str, str]) -> None:
+    per, noper, rf = "CFG:PER", "CFG:NOPER", "CFG:RF"
+    t_per, t_noper, t_rf, t_rf_off, t_per_off = topics(5)
+    with SoftIoc([Record(pv, "ao", 0.0) for pv in (per, noper, rf)], env=ioc_env) as ioc:
+        for i, pv in enumerate((per, noper, rf)):
+            ioc.put(pv, 10.0 + i)  # a fresh EPICS timestamp; the PVs never change again
+        periodic = harness_factory(args=["--pv-update-period", "500"], epics=ioc_env)
+        plain = harness_factory(args=[], epics=ioc_env)
+        periodic.send(
+            fc00(
+                Fc00UpdateType.ADD,
+                epics_fc00(per, t_per, periodic=1),
+                epics_fc00(noper, t_noper, periodic=0),
+            ),
+            rf5k(Rf5kUpdateType.ADD, Rf5kStream(rf, "f144", t_rf, Rf5kProtocol.PVA)),
+        )
+        plain.send(
+            rf5k(Rf5kUpdateType.ADD, Rf5kStream(rf, "f144", t_rf_off, Rf5kProtocol.PVA)),
+            fc00(Fc00UpdateType.ADD, epics_fc00(per, t_per_off, periodic=1)),
+        )
+        flags = {
+            s["channel_name"]: s["periodic"]
+            for s in periodic.wait_configured(
+                [(per, t_per, "f144"), (noper, t_noper, "f144"), (rf, t_rf, "f144")]
+            )
+        }
+        assert flags == {per: True, noper: False, rf: True}
+        flags = {
+            s["channel_name"]: s["periodic"]
+            for s in plain.wait_configured([(rf, t_rf_off, "f144"), (per, t_per_off, "f144")])
+        }
+        assert flags == {rf: False, per: True}
+
+        def f144_count(h: Harness, topic: str, channel: str) -> int:
+            return len(f144_of(h.reader(topic).messages, channel))
+
+        # Every stream got the value once on connect.
+        for h, topic, pv in (
+            (periodic, t_noper, noper),
+            (plain, t_rf_off, rf),
+            (plain, t_per_off, per),
+        ):
+            h.reader(topic).wait_for(lambda ms, pv=pv: bool(f144_of(ms, pv)), WAIT)
+        # Two more re-sends on each periodic stream after that: had the others been
+        # re-sent, they would have been by now too.
+        after = {t_per: f144_count(periodic, t_per, per), t_rf: f144_count(periodic, t_rf, rf)}
+        for topic, pv in ((t_per, per), (t_rf, rf)):
+            periodic.reader(topic).wait_for(
+                lambda ms, pv=pv, n=after[topic]: len(f144_of(ms, pv)) >= max(3, n + 2), WAIT
+            )
+        for h, topic in ((periodic, t_noper), (plain, t_rf_off), (plain, t_per_off)):
+            h.reader(topic).poll_messages(0.3)
+        assert f144_count(periodic, t_noper, noper) == 1, "fc00 periodic=0 stream re-sent"
+        assert f144_count(plain, t_rf_off, rf) == 1, "rf5k re-sent without --pv-update-period"
+        assert f144_count(plain, t_per_off, per) == 1, "re-sent without --pv-update-period"
+        assert "--pv-update-period is not set" in plain.fw.log()
+
+        for topic, pv in ((t_per, per), (t_rf, rf)):
+            sent = sorted(f144_of(periodic.reader(topic).messages, pv), key=lambda md: md[0].offset)
+            original, resends = sent[0], sent[1:]
+            assert len({m.partition for m, _ in sent}) == 1
+            # Same payload (value and FlatBuffer timestamp), newer Kafka timestamps.
+            assert {d.timestamp_unix_ns for _, d in sent} == {original[1].timestamp_unix_ns}
+            assert {float(d.value) for _, d in sent} == {float(original[1].value)}
+            kafka_ts = [m.timestamp_ms for m, _ in sent]
+            assert kafka_ts[0] == original[1].timestamp_unix_ns // 1_000_000
+            assert kafka_ts == sorted(set(kafka_ts)), kafka_ts
+            assert len(resends) >= 2
