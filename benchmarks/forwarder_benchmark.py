@@ -47,6 +47,8 @@ from benchmarks.support import (  # noqa: E402
     run_probe_producer,
     scrape,
     thread_count,
+    thread_cpu,
+    thread_cpu_delta,
 )
 from forwarder.core.config_messages import UpdateKind, encode_config_message  # noqa: E402
 from forwarder.core.streams import Protocol, StreamSpec  # noqa: E402
@@ -61,6 +63,7 @@ from tests.support.kafka import TansuBroker, create_topic, produce, unique_topic
 
 PREFIX = "BENCH:"
 CONFIG_CHUNK = 5000  # streams per config message (keeps each message well under 1 MB)
+PROFILE_HZ = 200
 _ERROR_LINE = re.compile(r"^\S+ \S+ ERROR\b")
 _T0 = time.monotonic()
 
@@ -192,6 +195,7 @@ class Mark:
     broker_cpu: float | None
     bench_cpu: float
     metrics: dict[str, float]
+    fwd_threads: dict[int, tuple[str, float]]
 
 
 def mark(setup: Setup, server: _ServerProcess, fwd: ForwarderProcess) -> Mark:
@@ -205,6 +209,7 @@ def mark(setup: Setup, server: _ServerProcess, fwd: ForwarderProcess) -> Mark:
         broker_cpu=cpu_seconds(setup.broker_pid) if setup.broker_pid else None,
         bench_cpu=times.user + times.system,
         metrics=scrape(fwd_port(fwd)),
+        fwd_threads=thread_cpu(fwd_pid(fwd)),
     )
 
 
@@ -297,6 +302,7 @@ class Window:
             else None,
             "bench_consumer_cpu_cores": round((m1.bench_cpu - m0.bench_cpu) / seconds, 3),
             "generator_late_ticks": int(m1.gen["late"]) - int(m0.gen["late"]),
+            "forwarder_thread_cores": thread_cpu_delta(m0.fwd_threads, m1.fwd_threads, seconds),
         }
 
 
@@ -367,9 +373,12 @@ def baseline(setup: Setup, server: _ServerProcess, counters: Counters) -> dict[s
         say(f"baseline: bare {args.protocol} client, measuring {args.seconds} s")
         s0 = sub.stats()
         g0 = server.command("counters")
+        sub.command("latency")
         time.sleep(args.seconds)
         s1 = sub.stats()
         g1 = server.command("counters")
+        latency = sub.command("latency")
+        latency.pop("ok", None)
     finally:
         sub.stop()
     updates = s1["updates"] - s0["updates"]
@@ -381,6 +390,7 @@ def baseline(setup: Setup, server: _ServerProcess, counters: Counters) -> dict[s
         "baseline_updates_per_s": round(updates / seconds, 1),
         "baseline_loss_fraction": round(gaps / (updates + gaps), 6) if updates else None,
         "baseline_cpu_cores": round(cpu / seconds, 3),
+        "baseline_latency_ms": latency,
     }
 
 
@@ -404,9 +414,10 @@ def profiler(setup: Setup, pid: int, seconds: float) -> Iterator[Callable[[], No
 
     def start() -> None:
         if path:
+            # --gil: only the thread holding the GIL, i.e. where Python time goes.
             cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                   "--rate", "200", "--nonblocking", "--function", "--format", "raw",
-                   "--output", path]  # fmt: skip
+                   "--rate", str(PROFILE_HZ), "--nonblocking", "--gil", "--function",
+                   "--format", "raw", "--output", path]  # fmt: skip
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
     try:
@@ -418,8 +429,9 @@ def profiler(setup: Setup, pid: int, seconds: float) -> Iterator[Callable[[], No
                 say(f"py-spy failed: {err.decode()[-500:]}")
 
 
-def summarise_profile(path: str, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+def summarise_profile(path: str, seconds: float, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output;
+    `gil_held_fraction`: share of the samples in which some thread held the GIL."""
     self_counts: Tally[str] = Tally()
     incl_counts: Tally[str] = Tally()
     total = 0
@@ -440,7 +452,12 @@ def summarise_profile(path: str, top: int = 15) -> dict[str, Any]:
     def share(tally: Tally[str]) -> list[str]:
         return [f"{100 * n / total:.1f}% {name}" for name, n in tally.most_common(top)]
 
-    return {"samples": total, "self": share(self_counts), "inclusive": share(incl_counts)}
+    return {
+        "samples": total,
+        "gil_held_fraction": round(total / (PROFILE_HZ * seconds), 3),
+        "self": share(self_counts),
+        "inclusive": share(incl_counts),
+    }
 
 
 def _short_frame(frame: str) -> str:
@@ -483,8 +500,11 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
                 facts = process_facts(fwd)
         finally:
             recorder.stop()
+    offered = window.pop("offered_per_s")
     result.update(
-        offered_per_s=window.pop("offered_per_s"),
+        offered_per_s=offered,
+        generator_offered_per_s=offered,
+        generator_keeps_up=offered >= 0.98 * args.pvs * args.rate,
         forwarded_per_s=window.pop("forwarded_per_s"),
         loss_fraction=window.pop("loss_fraction"),
         latency_ms=window.pop("latency_ms"),
@@ -501,7 +521,7 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
     )
     if args.profile:
         result["profiled"] = True
-        result["profile"] = summarise_profile(args.profile)
+        result["profile"] = summarise_profile(args.profile, args.seconds)
     return result
 
 

@@ -131,6 +131,23 @@ class _Broadcaster(SharedBroadcaster):  # type: ignore[misc]
             self._follow_ups = [now + delay for delay in self.FOLLOW_UPS_S]
             self._follow_up_cond.notify()
 
+    def disconnect(self, *, wait: bool = True) -> None:
+        """Stop searching before caproto closes the socket the search thread sends on.
+
+        Plain caproto closes the socket first, so a search in flight dies with EBADF, and
+        `wait=True` then waits out the search thread's back-off sleep (up to 5 s).
+        """
+        with self._search_lock:
+            self.unanswered_searches.clear()
+        self._close_event.set()
+        self._search_now.set()  # wake the retry loop so that it sees the close event
+        with self._follow_up_cond:
+            self._follow_up_cond.notify()
+        retry = getattr(self, "_retry_unanswered_searches_thread", None)
+        if retry is not None and retry is not threading.current_thread():
+            retry.join(timeout=5)
+        super().disconnect(wait=wait)
+
     def _follow_up_loop(self) -> None:
         cond = self._follow_up_cond
         while not self._close_event.is_set():
@@ -174,7 +191,10 @@ class CaChannel:
         self._convert: Converter = _first
         if not pv.connected:
             self._emit_state(ConnectionState.NEVER_CONNECTED)
-        self._conn_token = pv.connection_state_callback.add_callback(self._on_connection, run=True)
+        # Replay the current state only if connected (NEVER_CONNECTED was reported above).
+        self._conn_token = pv.connection_state_callback.add_callback(
+            self._on_connection, run=pv.connected
+        )
         self._sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
         self._sub_token = self._sub.add_callback(self._on_value)
 

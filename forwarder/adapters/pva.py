@@ -160,9 +160,12 @@ class PvaChannel:
             self._emit_state(ConnectionState.CANCELLED)
         elif isinstance(exc, Finished):
             # The server ended this monitor; p4p will not deliver anything more on it.
-            # Subscribe again so the PV resumes if the server serves it again.
+            # Subscribe again (once per connection, so a server that ends every monitor
+            # at once cannot make us spin) so the PV resumes if it is served again.
+            again = self._state is ConnectionState.FINISHED
             self._emit_state(ConnectionState.FINISHED)
-            self._open()
+            if not again and not self._closed:
+                self._open()
         else:
             _log.debug("PVA monitor of %s: ignoring %r", self.name, exc)
 

@@ -107,7 +107,12 @@ class Harness:
     readers: dict[str, TopicReader] = field(default_factory=dict)
     status_reader: TopicReader | None = None
 
+    #: When the last config message was sent (the forwarder publishes a status right
+    #: after applying a change, so newer status messages are the interesting ones).
+    sent_ms: int = 0
+
     def send(self, *payloads: bytes) -> None:
+        self.sent_ms = now_ms()
         produce(self.bootstrap, self.fw.config_topic, payloads)
 
     def reader(self, topic: str) -> TopicReader:
@@ -115,14 +120,14 @@ class Harness:
             self.readers[topic] = self.make_reader(self.bootstrap, topic)
         return self.readers[topic]
 
-    def latest_status(self, timeout: float = WAIT) -> dict[str, Any]:
-        """The newest status JSON published from now on."""
+    def latest_status(self, since_ms: int | None = None, timeout: float = WAIT) -> dict[str, Any]:
+        """The newest status JSON, published at `since_ms` (default: now) or later."""
         import json
 
         if self.status_reader is None:
             self.status_reader = self.make_reader(self.bootstrap, self.fw.status_topic)
         reader = self.status_reader
-        since = now_ms()
+        since = now_ms() if since_ms is None else since_ms
         reader.wait_for(
             lambda ms: any(m.schema_id == "x5f2" and m.timestamp_ms >= since for m in ms), timeout
         )
@@ -137,9 +142,11 @@ class Harness:
         want = sorted(set(expected))
         deadline = time.monotonic() + timeout
         got: list[StreamId] = []
+        since = self.sent_ms
         while time.monotonic() < deadline:
             self.assert_running()
-            streams: list[dict[str, Any]] = self.latest_status()["streams"]
+            streams: list[dict[str, Any]] = self.latest_status(since)["streams"]
+            since = now_ms()
             got = sorted((s["channel_name"], s["output_topic"], s["schema"]) for s in streams)
             if got == want:
                 return streams

@@ -113,7 +113,7 @@ def main() -> None:
     softioc.iocInit(dispatcher)
     if counters is not None:
         counters.start()
-        if counter_spec["autostart"]:
+        if counter_spec and counter_spec["autostart"]:
             counters.set_running(True)
 
     def handle(cmd: dict[str, Any]) -> dict[str, Any] | None:
