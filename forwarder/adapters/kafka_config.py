@@ -75,7 +75,11 @@ class ConfigTopicConsumer:
         try:
             found = self._consumer.offsets_for_times(tps, timeout=5.0)
         except KafkaException as err:
-            log.warning("config topic %r: offsets-for-times failed (%s); reading new messages only", self.topic, err)
+            log.warning(
+                "config topic %r: offsets-for-times failed (%s); reading new messages only",
+                self.topic,
+                err,
+            )
             found = [TopicPartition(self.topic, p, OFFSET_END) for p in new]
         start: list[TopicPartition] = []
         for tp in found:

@@ -58,7 +58,9 @@ class KafkaSink:
         self._last_error = ""
         self._last_error_at = 0.0
         self._all_brokers_down = False
-        self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="kafka-producer-poll", daemon=True
+        )
         self._poller.start()
 
     # -- hot path ---------------------------------------------------------------------

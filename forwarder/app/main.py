@@ -31,7 +31,9 @@ def settings_from_options(opts: Options) -> ServiceSettings:
             extra=opts.kafka_options,
         )
 
-    status_conf = conf(opts.status_topic, opts.status_topic_sasl_password) if opts.status_topic else None
+    status_conf = (
+        conf(opts.status_topic, opts.status_topic_sasl_password) if opts.status_topic else None
+    )
     storage_conf = (
         conf(opts.storage_topic, opts.storage_topic_sasl_password) if opts.storage_topic else None
     )

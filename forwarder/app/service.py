@@ -202,7 +202,9 @@ class ForwarderService:
     def apply(self, command: ConfigCommand, persist: bool) -> Change:
         for reason in command.rejected:
             self.counters.drop(Drop.BAD_CONFIG)
-            log.error("Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason)
+            log.error(
+                "Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason
+            )
         change = self.registry.apply(command)
         for spec in change.removed:
             self.core.remove_stream(spec)
@@ -260,7 +262,9 @@ class ForwarderService:
             return
         assert self.settings.storage_topic is not None
         try:
-            messages = read_topic_to_end(self.settings.storage_config or {}, self.settings.storage_topic)
+            messages = read_topic_to_end(
+                self.settings.storage_config or {}, self.settings.storage_topic
+            )
         except ConnectionError as err:
             log.error("Configuration not restored: %s", err)
             return
@@ -274,7 +278,9 @@ class ForwarderService:
                 log.info("Stored configuration is empty")
                 return
             if command.kind not in (UpdateKind.ADD, UpdateKind.REPLACE):
-                log.warning("Skipping stored %s message: not a full configuration", command.kind.name)
+                log.warning(
+                    "Skipping stored %s message: not a full configuration", command.kind.name
+                )
                 continue
             replace = ConfigCommand(
                 kind=UpdateKind.REPLACE,

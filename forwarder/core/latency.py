@@ -35,7 +35,7 @@ class LatencyHistogram:
         """(le, cumulative count) pairs as Prometheus expects, ending with +Inf."""
         out: list[tuple[str, int]] = []
         total = 0
-        for bound, count in zip(self.bounds_s, self.counts):
+        for bound, count in zip(self.bounds_s, self.counts[:-1], strict=True):
             total += count
             out.append((repr(bound), total))
         total += self.counts[-1]

@@ -19,7 +19,7 @@ class Protocol(enum.IntEnum):
     FAKE = 2
 
     @classmethod
-    def parse(cls, text: str) -> "Protocol":
+    def parse(cls, text: str) -> Protocol:
         """Accept `ca`, `CA`, `pva`, `fake` ... (used by the CLI and config files)."""
         try:
             return cls[text.strip().upper()]
