@@ -571,12 +571,13 @@ def run_scale(setup: Setup) -> dict[str, Any]:
                 result["rss_after_connect_mb"] = memory_mb(pid)
                 recorder.stop()  # keep the benchmark's own CPU out of the idle window
                 say(f"every PV forwarded after {first_s:.1f} s; idle window {args.seconds} s")
-                c0, t0 = cpu_seconds(pid), time.monotonic()
+                c0, t0, th0 = cpu_seconds(pid), time.monotonic(), thread_cpu(pid)
                 s0 = scrape(fwd_port(fwd))
                 time.sleep(args.seconds)
                 s1 = scrape(fwd_port(fwd))
-                c1, t1 = cpu_seconds(pid), time.monotonic()
+                c1, t1, th1 = cpu_seconds(pid), time.monotonic(), thread_cpu(pid)
                 result["idle_cpu_cores"] = round((c1 - c0) / (t1 - t0), 3)
+                result["idle_thread_cores"] = thread_cpu_delta(th0, th1, t1 - t0)
                 produced = metric(s1, "forwarder_messages_produced") - metric(
                     s0, "forwarder_messages_produced"
                 )
