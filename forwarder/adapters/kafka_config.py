@@ -10,6 +10,7 @@ connecting is not missed, and it picks up partitions (or the whole topic) that a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class ConfigTopicConsumer:
     def __init__(self, config: Mapping[str, Any], topic: str, start_ms: int | None = None) -> None:
         self.topic = topic
         self._consumer = _consumer(config)
+        self._probe_config = dict(config)
+        self._probe: AdminClient | None = None
+        self._probe_lock = threading.Lock()
         self._start_ms = int(time.time() * 1000) if start_ms is None else start_ms
         self._assigned: set[int] = set()
         self._next_refresh = 0.0
@@ -92,9 +97,19 @@ class ConfigTopicConsumer:
         log.info("config topic %r: reading partitions %s", self.topic, new)
 
     def reachable(self, timeout_s: float) -> bool:
-        """Whether the config topic's broker answers a metadata request now."""
+        """Whether the config topic's broker answers a metadata request now.
+
+        Called from other threads (the health probe), so it asks through a client of its
+        own: a metadata request on the consumer while the control loop sits in `poll()`
+        can block for tens of seconds, far beyond its timeout (librdkafka 2.x).  It asks
+        for all topics, because naming a missing topic makes some brokers create it.
+        """
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = AdminClient(self._probe_config)
+            probe = self._probe
         try:
-            self._consumer.list_topics(self.topic, timeout=timeout_s)
+            probe.list_topics(timeout=timeout_s)
         except (KafkaException, RuntimeError) as err:
             self.last_error = str(err)
             return False

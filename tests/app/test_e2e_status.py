@@ -77,7 +77,8 @@ def _stream(status: Status, channel: str) -> Status | None:
 
 
 def _send(bootstrap: str, topic: str, kind: UpdateKind, streams: list[StreamSpec]) -> None:
-    produce(bootstrap, topic, [encode_config_message(kind, streams)])
+    # One key: Tansu auto-creates 4 partitions, and only one partition keeps the order.
+    produce(bootstrap, topic, [encode_config_message(kind, streams)], key="config")
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ def _start(
 
 
 def _send(bootstrap: str, topic: str, kind: UpdateKind, streams: list[StreamSpec]) -> None:
-    produce(bootstrap, topic, [encode_config_message(kind, streams)])
+    # One key: Tansu auto-creates 4 partitions, and only one partition keeps the order.
+    produce(bootstrap, topic, [encode_config_message(kind, streams)], key="config")
 
 
 def _newest_status(bootstrap: str, topic: str, since_ms: float, timeout: float = 15) -> Status:
