@@ -25,7 +25,9 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from forwarder.adapters.kafka_logging import with_kafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def _consumer(config: Mapping[str, Any]) -> Consumer:
     conf: dict[str, Any] = dict(_CONSUMER_DEFAULTS)
     conf["group.id"] = f"forwarder-{uuid.uuid4()}"  # never joined; required by librdkafka
     conf.update(config)
-    return Consumer(conf)
+    return Consumer(with_kafka_logger(conf))
 
 
 class ConfigTopicConsumer:
@@ -58,17 +60,41 @@ class ConfigTopicConsumer:
         self._start_ms = int(time.time() * 1000) if start_ms is None else start_ms
         self._assigned: set[int] = set()
         self._next_refresh = 0.0
+        self._last_warning = -1e9
         self.alive = True
         self.last_error = ""
+        self.refresh_assignment()
+        if not self._assigned:
+            self._create_topic()
+
+    def _create_topic(self) -> None:
+        """Create a missing config topic with ONE partition, so that config messages keep
+        their order; otherwise the first producer's broker default (often several
+        partitions) would decide.  Failure (no permission, auto-created meanwhile) is
+        fine: the topic is then whatever the cluster made it."""
+        admin = AdminClient(with_kafka_logger(self._probe_config))
+        try:
+            futures = admin.create_topics(
+                [NewTopic(self.topic, num_partitions=1, replication_factor=-1)],
+                request_timeout=5.0,
+            )
+            futures[self.topic].result(timeout=6.0)
+            log.info("config topic %r did not exist: created it with one partition", self.topic)
+        except Exception as err:  # noqa: BLE001 - creation is a courtesy, not a requirement
+            log.debug("config topic %r not created: %s", self.topic, err)
         self.refresh_assignment()
 
     def refresh_assignment(self) -> None:
         """Assign partitions not yet assigned (topic created or grown after start)."""
         try:
-            md = self._consumer.list_topics(self.topic, timeout=2.0)
+            # Short: this runs on the control loop, which also drives re-sends and status.
+            md = self._consumer.list_topics(self.topic, timeout=0.5)
         except KafkaException as err:
             self.last_error = str(err)
-            log.warning("config topic %r: metadata not available yet: %s", self.topic, err)
+            now = time.monotonic()
+            if now - self._last_warning >= 30.0:
+                self._last_warning = now
+                log.warning("config topic %r: metadata not available yet: %s", self.topic, err)
             return
         topic_md = md.topics.get(self.topic)
         if topic_md is None or topic_md.error is not None or not topic_md.partitions:
@@ -106,7 +132,7 @@ class ConfigTopicConsumer:
         """
         with self._probe_lock:
             if self._probe is None:
-                self._probe = AdminClient(self._probe_config)
+                self._probe = AdminClient(with_kafka_logger(self._probe_config))
             probe = self._probe
         try:
             probe.list_topics(timeout=timeout_s)
@@ -115,8 +141,14 @@ class ConfigTopicConsumer:
             return False
         return True
 
-    def poll(self, timeout_s: float) -> bytes | None:
-        """One message value or None; never raises on broker trouble."""
+    def poll(self, timeout_s: float) -> list[bytes]:
+        """The config messages that arrived, oldest first; never raises on broker trouble.
+
+        Messages fetched together from several partitions are put in timestamp order: a
+        config topic should have one partition, but one auto-created by a broker may have
+        more, and an ADD followed at once by a REMOVE must not be applied the other way
+        round.
+        """
         now = time.monotonic()
         if now >= self._next_refresh:
             # Look often while the topic is missing: the first config message may be what
@@ -124,21 +156,24 @@ class ConfigTopicConsumer:
             self._next_refresh = now + (5.0 if self._assigned else 0.5)
             self.refresh_assignment()
         try:
-            msg = self._consumer.poll(timeout_s)
+            msgs = self._consumer.consume(100, timeout_s)
         except (KafkaException, RuntimeError) as err:
             self.last_error = str(err)
             log.error("config consumer failed: %s", err)
-            return None
-        if msg is None:
-            return None
-        problem = msg.error()
-        if problem is not None:
-            if problem.code() != KafkaError._PARTITION_EOF:
-                self.last_error = problem.str()
-                log.warning("config topic %r: %s", self.topic, problem.str())
-            return None
-        value = msg.value()
-        return bytes(value) if value is not None else b""
+            return []
+        found: list[tuple[int, int, bytes]] = []
+        for i, msg in enumerate(msgs):
+            problem = msg.error()
+            if problem is not None:
+                if problem.code() != KafkaError._PARTITION_EOF:
+                    self.last_error = problem.str()
+                    log.warning("config topic %r: %s", self.topic, problem.str())
+                continue
+            value = msg.value()
+            found.append((msg.timestamp()[1], i, bytes(value) if value is not None else b""))
+        if len(found) > 1:
+            found.sort()
+        return [value for _, _, value in found]
 
     def close(self) -> None:
         self.alive = False
@@ -210,7 +245,7 @@ class TopicWriter:
         conf.update(config)
         conf["error_cb"] = self._on_error
         self.topic = topic
-        self._producer = Producer(conf)
+        self._producer = Producer(with_kafka_logger(conf))
         self.failures = 0
 
     def _on_error(self, err: KafkaError) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from forwarder.adapters.kafka_logging import with_kafka_logger
 from forwarder.core.counters import Drop, ProcessCounters
 from forwarder.core.forwarding import NullReporter, Reporter
 
@@ -52,7 +53,7 @@ class KafkaSink:
         conf["error_cb"] = self._on_error
         self.counters = counters
         self.reporter: Reporter = reporter or NullReporter()
-        self._producer = Producer(conf)
+        self._producer = Producer(with_kafka_logger(conf))
         self._produce = self._producer.produce
         self._stop = threading.Event()
         self._last_error = ""

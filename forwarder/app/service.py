@@ -406,8 +406,7 @@ class ForwarderService:
                 if r is not None and (next_due is None or r < next_due):
                     next_due = r
             wait = 0.1 if next_due is None else min(0.1, max(0.0, (next_due - now) / 1e9))
-            raw = consumer.poll(wait)
-            if raw is not None:
+            for raw in consumer.poll(wait):
                 self.handle_config_message(raw)
             now = time.monotonic_ns()
             self.timers.run_due(now)
