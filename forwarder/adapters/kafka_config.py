@@ -41,6 +41,11 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: How far a config message's timestamp may lag the forwarder's start (producer clocks on
+#: other hosts) and still count as sent after the start.
+_CLOCK_SKEW_MS = 1000
+
+
 def _consumer(config: Mapping[str, Any]) -> Consumer:
     conf: dict[str, Any] = dict(_CONSUMER_DEFAULTS)
     conf["group.id"] = f"forwarder-{uuid.uuid4()}"  # never joined; required by librdkafka
@@ -169,8 +174,15 @@ class ConfigTopicConsumer:
                     self.last_error = problem.str()
                     log.warning("config topic %r: %s", self.topic, problem.str())
                 continue
+            ts = msg.timestamp()[1]
+            if ts < self._start_ms - _CLOCK_SKEW_MS:
+                # Some brokers answer offsets-for-times past the end with offset 0, which
+                # would replay old configuration after a restart; the storage topic, not
+                # the config topic's history, is what restores configuration.
+                log.debug("config topic %r: skipping message from before start", self.topic)
+                continue
             value = msg.value()
-            found.append((msg.timestamp()[1], i, bytes(value) if value is not None else b""))
+            found.append((ts, i, bytes(value) if value is not None else b""))
         if len(found) > 1:
             found.sort()
         return [value for _, _, value in found]

@@ -81,19 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = ForwarderService(settings)
     stop = service.stop_event
 
+    # A watchdog: whatever hangs in start-up or shutdown, exit within the promised 5 seconds
+    # of a signal.  Armed by the signal itself, because `service.run()` may be blocked in
+    # start-up (e.g. waiting for an unreachable broker) for longer than that.
+    watchdog = threading.Timer(4.5, lambda: _hard_exit(service))
+    watchdog.daemon = True
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("Received %s, shutting down", signal.Signals(signum).name)
         stop.set()
+        if watchdog.ident is None:
+            watchdog.start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         service.run()
     finally:
-        # A watchdog: whatever hangs in shutdown, exit within the promised 5 seconds.
-        watchdog = threading.Timer(4.5, lambda: _hard_exit(service))
-        watchdog.daemon = True
-        watchdog.start()
+        if watchdog.ident is None:
+            watchdog.start()
         service.shutdown(flush_timeout_s=2.5)
         watchdog.cancel()
     return 0

@@ -17,6 +17,7 @@ created with one partition so that config messages are applied in the order prod
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from streaming_data_types.fbschemas.forwarder_config_update_fc00.Protocol import (
     Protocol as Fc00Protocol,
 )
@@ -265,11 +267,33 @@ def test_config_is_taken_promptly_once_ready(harness_factory: Callable[..., Harn
     assert elapsed < 5.0, f"first output {elapsed:.1f} s after the config message"
 
 
-def test_config_sent_before_ready_is_applied(harness_factory: Callable[..., Harness]) -> None:
+def test_config_sent_before_ready_is_applied(
+    harness_factory: Callable[..., Harness], kafka_bootstrap: str
+) -> None:
     (t1,) = topics(1)
     h = harness_factory(wait_ready=False)
     h.send(fc00(Fc00UpdateType.ADD, fake_fc00("FAKE:EARLY", t1)))
-    h.fw.wait_ready()
+    # Keep writing harmless REMOVEs (they match nothing) until the forwarder is ready.  The
+    # forwarder looks up where to start by time; with later messages present, a start time
+    # later than the real process start would skip the ADD, even on brokers (like Tansu)
+    # that answer "offset 0" when nothing is newer than the time asked for.
+    stop = threading.Event()
+
+    def filler() -> None:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+        noop = fc00(Fc00UpdateType.REMOVE, remove_fc00(channel="NO:SUCH:PV"))
+        while not stop.wait(0.02):
+            producer.produce(h.fw.config_topic, noop)
+            producer.poll(0)
+        producer.flush(10)
+
+    thread = threading.Thread(target=filler, daemon=True)
+    thread.start()
+    try:
+        h.fw.wait_ready()
+    finally:
+        stop.set()
+        thread.join(15)
     h.expect([("FAKE:EARLY", t1, "f144")], {t1: ["FAKE:EARLY"]})
 
 
@@ -626,3 +650,27 @@ def test_periodic_resends(harness_factory: Callable[..., Harness], ioc_env: dict
             assert kafka_ts[0] == original[1].timestamp_unix_ns // 1_000_000
             assert kafka_ts == sorted(set(kafka_ts)), kafka_ts
             assert len(resends) >= 2
+
+
+def test_restart_does_not_replay_old_config_messages(
+    kafka_bootstrap: str, make_reader: MakeReader
+) -> None:
+    """A restarted forwarder takes configuration from the storage topic, never from the
+    config topic's history (some brokers answer offsets-for-times past the end with 0)."""
+    (t1,) = topics(1, "replay")
+    first = ForwarderProcess(kafka_bootstrap, args=list(FAKE_ARGS))
+    create_topic(kafka_bootstrap, first.config_topic, partitions=1)
+    with first:
+        h = Harness(kafka_bootstrap, first, make_reader)
+        h.send(rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:OLD", t1)))
+        h.expect([("FAKE:OLD", t1, "f144")], {t1: ["FAKE:OLD"]})
+    time.sleep(2.0)  # beyond the clock-skew allowance for messages sent just before start
+    second = ForwarderProcess(
+        kafka_bootstrap, args=list(FAKE_ARGS), config_topic=first.config_topic
+    )
+    with second:
+        h = Harness(kafka_bootstrap, second, make_reader)
+        time.sleep(3.0)  # several status intervals and config polls
+        assert h.latest_status()["streams"] == []
+        h.send(rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:NEW", t1)))
+        h.wait_configured([("FAKE:NEW", t1, "f144")])
