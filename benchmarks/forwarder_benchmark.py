@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -406,27 +407,39 @@ def process_facts(fwd: ForwarderProcess) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def profiler(setup: Setup, pid: int, seconds: float) -> Iterator[Callable[[], None]]:
-    """py-spy on the forwarder during a window (`--profile FILE`); a no-op otherwise."""
-    path = setup.args.profile
-    procs: list[subprocess.Popen[bytes]] = []
+class Profiler:
+    """py-spy on the forwarder (`--profile FILE`); every method is a no-op without it.
 
-    def start() -> None:
-        if path:
-            # --gil: only the thread holding the GIL, i.e. where Python time goes.
-            cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                   "--rate", str(PROFILE_HZ), "--nonblocking", "--gil", "--function",
-                   "--format", "raw", "--output", path]  # fmt: skip
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    `--gil` samples only the thread holding the GIL, i.e. where the Python time goes.
+    """
 
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            _, err = proc.communicate(timeout=seconds + 60)
-            if proc.returncode:
-                say(f"py-spy failed: {err.decode()[-500:]}")
+    def __init__(self, path: str, pid: int) -> None:
+        self.path = path
+        self.pid = pid
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        if self.path:
+            cmd = ["py-spy", "record", "--pid", str(self.pid), "--rate", str(PROFILE_HZ),
+                   "--nonblocking", "--gil", "--function", "--format", "raw",
+                   "--output", self.path]  # fmt: skip
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.started = time.monotonic()
+
+    def stop(self) -> dict[str, Any] | None:
+        """Stop sampling (SIGINT makes py-spy write its file) and summarise."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        self.seconds = time.monotonic() - self.started
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if not os.path.exists(self.path):
+            say(f"py-spy failed: {err.decode()[-500:]}")
+            return None
+        return summarise_profile(self.path, self.seconds)
 
 
 def summarise_profile(path: str, seconds: float, top: int = 15) -> dict[str, Any]:
@@ -493,10 +506,9 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
                 say(f"all {len(names)} PVs connected after {connect_s:.1f} s; "
                     f"warm-up {args.warmup} s, then measuring {args.seconds} s")  # fmt: skip
                 time.sleep(args.warmup)
-                with profiler(setup, fwd_pid(fwd), args.seconds) as start_profile:
-                    window = measure(
-                        setup, server, fwd, recorder, names, args.seconds, start_profile
-                    )
+                profiler = Profiler(args.profile, fwd_pid(fwd))
+                window = measure(setup, server, fwd, recorder, names, args.seconds, profiler.start)
+                profile = profiler.stop()
                 facts = process_facts(fwd)
         finally:
             recorder.stop()
@@ -519,9 +531,8 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
         **window,
         **facts,
     )
-    if args.profile:
-        result["profiled"] = True
-        result["profile"] = summarise_profile(args.profile, args.seconds)
+    if profile is not None:
+        result["profile"] = profile
     return result
 
 
@@ -547,15 +558,21 @@ def run_scale(setup: Setup) -> dict[str, Any]:
         try:
             with forwarder(setup, server.env, extra) as fwd:
                 pid = fwd_pid(fwd)
-                t_config = time.monotonic()
+                profiler = Profiler(args.profile, pid)
+                profiler.start()
+                t_config, t_config_ns = time.monotonic(), time.time_ns()
                 configure(setup, fwd, names, topic, periodic=True)
                 say(f"configured {n} periodic streams in {time.monotonic() - t_config:.1f} s")
                 connected_s = first_s = None
-                deadline = t_config + args.scale_timeout
+                progress, progress_at = 0, t_config
                 while first_s is None:
                     now = time.monotonic()
-                    if now > deadline:
-                        raise TimeoutError(f"{len(recorder.first_seen)} of {n} PVs forwarded")
+                    if len(recorder.first_seen) > progress:
+                        progress, progress_at = len(recorder.first_seen), now
+                    elif now - progress_at > args.stall_timeout:
+                        say(f"gave up: {progress} of {n} PVs forwarded, none more for "
+                            f"{args.stall_timeout} s")  # fmt: skip
+                        break
                     if fwd.proc is not None and fwd.proc.poll() is not None:
                         raise RuntimeError(f"forwarder exited:\n{fwd.log()[-3000:]}")
                     if connected_s is None:
@@ -567,10 +584,17 @@ def run_scale(setup: Setup) -> dict[str, Any]:
                         first_s = now - t_config
                     time.sleep(0.5)
                 result["all_connected_s"] = rounded(connected_s, 1)
-                result["all_first_values_s"] = round(first_s, 1)
+                result["all_first_values_s"] = rounded(first_s, 1)
+                result["pvs_never_forwarded"] = n - len(recorder.first_seen)
+                if recorder.first_seen:  # also meaningful when a few PVs never came
+                    last = max(list(recorder.first_seen.values()))
+                    result["last_first_value_s"] = round((last - t_config_ns) / 1e9, 1)
                 result["rss_after_connect_mb"] = memory_mb(pid)
+                profile = profiler.stop()
+                if profile is not None:
+                    result["profile_until_all_forwarded"] = profile
                 recorder.stop()  # keep the benchmark's own CPU out of the idle window
-                say(f"every PV forwarded after {first_s:.1f} s; idle window {args.seconds} s")
+                say(f"{len(recorder.first_seen)} PVs forwarded; idle window {args.seconds} s")
                 c0, t0, th0 = cpu_seconds(pid), time.monotonic(), thread_cpu(pid)
                 s0 = scrape(fwd_port(fwd))
                 time.sleep(args.seconds)
@@ -773,7 +797,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--find-max", action="store_true")
     mode.add_argument("--overload", action="store_true")
     p.add_argument("--pv-update-period", type=int, default=10_000, help="scale mode, ms")
-    p.add_argument("--scale-timeout", type=float, default=900.0)
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="scale: stop waiting when no PV got its first value for this long",
+    )
     p.add_argument(
         "--rates",
         default="100,200,400,700,1000,1500,2000,3000",
@@ -793,8 +822,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds the context managers: no orphaned processes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
     with broker(args) as setup:
