@@ -118,6 +118,13 @@ class PvaChannel:
             notify_disconnect=True,
             queue=self._monitors._queue,
         )
+        # p4p race: an event that arrives before monitor() has stored the pvxs handle
+        # finds no handle, its wake-up is lost, and pvxs does not wake again until the
+        # queue is drained, so the PV would never deliver.  One extra drain job is
+        # harmless when there is nothing to pop.
+        handle = getattr(self._sub, "_handle", None)
+        if handle is not None:
+            self._monitors._queue.push(handle)
 
     def _emit_state(self, state: ConnectionState) -> None:
         if state is not self._state:
