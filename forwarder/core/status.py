@@ -51,5 +51,29 @@ def status_document(
     }
 
 
-def status_json(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"))
+#: Status messages stay below Kafka's default 1 MB message limit, whatever the number of
+#: streams: first the per-stream health fields go, then streams beyond what fits (the
+#: summary and counters always stay, and say how many streams were left out).
+MAX_STATUS_BYTES = 900_000
+_COMPATIBLE_FIELDS = ("channel_name", "protocol", "output_topic", "schema")
+
+
+def status_json(doc: dict[str, Any], max_bytes: int = MAX_STATUS_BYTES) -> str:
+    text = json.dumps(doc, separators=(",", ":"))
+    if len(text) <= max_bytes:
+        return text
+    streams = doc.get("streams", [])
+    slim = [{k: s[k] for k in _COMPATIBLE_FIELDS} for s in streams]
+    smaller = dict(doc, streams=slim, streams_detail_omitted=True)
+    text = json.dumps(smaller, separators=(",", ":"))
+    if len(text) <= max_bytes:
+        return text
+    # Keep the first streams that fit (about 100 bytes each), and say how many are missing.
+    per_stream = max(1, (len(text) - 2) // max(1, len(slim)))
+    keep = max(0, (max_bytes - 1000) // per_stream)
+    while True:
+        trimmed = dict(smaller, streams=slim[:keep], streams_omitted=len(slim) - keep)
+        text = json.dumps(trimmed, separators=(",", ":"))
+        if len(text) <= max_bytes or keep == 0:
+            return text
+        keep = keep * 9 // 10

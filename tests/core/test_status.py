@@ -147,3 +147,34 @@ def test_status_json_handles_unicode_channel_names() -> None:
     core.add_stream(StreamSpec("ψ:température", "f144", "t", Protocol.PVA))
     text = status_json(status_document(core, core.all_outputs(), core.counters, 0))
     assert json.loads(text)["streams"][0]["channel_name"] == "ψ:température"
+
+
+def test_status_json_stays_under_the_size_limit_for_many_streams() -> None:
+    import json as _json
+
+    streams = [
+        {
+            "channel_name": f"PV:{i:06d}",
+            "protocol": "PVA",
+            "output_topic": "topic",
+            "schema": "f144",
+            "connection": "CONNECTED",
+            "last_update_ms": 1,
+            "updates_forwarded": 5,
+            "updates_dropped": 0,
+        }
+        for i in range(8_000)
+    ]
+    doc = {"streams": streams, "summary": {"streams": 8_000, "connected": 8_000}}
+    small = _json.loads(status_json(doc, max_bytes=1_000_000))
+    assert small["streams_detail_omitted"] is True
+    assert len(small["streams"]) == 8_000
+    assert set(small["streams"][0]) == {"channel_name", "protocol", "output_topic", "schema"}
+    tiny_text = status_json(doc, max_bytes=100_000)
+    assert len(tiny_text) <= 100_000
+    tiny = _json.loads(tiny_text)
+    assert tiny["streams_omitted"] == 8_000 - len(tiny["streams"]) > 0
+    assert tiny["summary"]["streams"] == 8_000
+    assert tiny["streams"][0]["channel_name"] == "PV:000000"
+    full = _json.loads(status_json({"streams": streams[:10]}, max_bytes=1_000_000))
+    assert full["streams"] == streams[:10]
