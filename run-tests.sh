@@ -12,6 +12,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-echo "== ruff"; .venv/bin/python -m ruff check forwarder tests integration-tests benchmarks examples forwarder_launch.py
+echo "== ruff"; .venv/bin/python -m ruff check .
 echo "== mypy"; .venv/bin/python -m mypy forwarder
 echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
