@@ -1,19 +1,17 @@
 """PV Access monitors (p4p 4.x client) feeding `ChannelListener`s.
 
-One `p4p.client.thread.Context('pva', nt=False)` serves every PV: with NT unwrapping off
-the callback gets the raw `Value` and reads value, timeStamp and alarm by field path,
-which is the cheapest access p4p offers.
+One p4p client context (the raw `p4p.client.raw.Context`, NT unwrapping off) serves every
+PV: the callback gets the raw `Value` and reads value, timeStamp and alarm by field path,
+the cheapest access p4p offers.
 
-Queueing (p4p 4.3 / pvxs): each subscription has a pvxs queue of `queue_size` updates
-(pvRequest `record[queueSize=N]`); when it is full pvxs squashes the newest updates into
-the last slot, so a slow consumer loses intermediate values instead of growing memory.
-When a queue becomes non-empty p4p pushes one "drain" job for that subscription into a
-Python work queue, and a worker pops up to 4 updates per job before re-queueing it, so PVs
-are served round-robin.  The work queue therefore holds at most one job per subscription
-and is left unbounded on purpose: p4p drops (and never re-arms) a subscription whose job
-does not fit.  By default p4p 4.3 shares four process-wide worker threads between every
-Context; we pass our own queue with one worker: callbacks are pure Python and GIL-bound,
-so more workers only add contention, and one worker keeps each PV in order.
+Delivery: each subscription has a pvxs queue of `queue_size` updates (pvRequest
+`record[queueSize=N]`); when it is full pvxs squashes the newest updates into the last
+slot, so a slow consumer loses intermediate values instead of growing memory.  When a
+queue becomes non-empty pvxs wakes us on its network thread and we pop and forward
+everything queued right there.  p4p's threaded client would instead hand every wake-up to
+a Python worker thread through a work queue (and log at debug level on every pop), which
+costs more than the forwarding itself; it also has a race in which the first wake-up is
+lost and a PV never delivers.
 
 Configuration: `conf` (EPICS_PVA_* keys) overrides the environment; `use_env=False`
 ignores the environment entirely (tests pass `epics_env(...)` this way).
@@ -28,10 +26,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from p4p import Value
-from p4p.client.thread import Cancelled, Context, Disconnected, Finished, RemoteError
-from p4p.client.thread import Subscription as P4pSubscription
-from p4p.util import ThreadedWorkQueue
+from p4p import Value, _p4p
+from p4p.client.raw import Cancelled, Disconnected, Finished, RemoteError
+from p4p.client.raw import Context as RawContext
 
 from forwarder.core.events import ChannelListener, ConnectionState
 
@@ -107,24 +104,47 @@ class PvaChannel:
         self._state: ConnectionState | None = None
         self._extract: Extract = _raw_value
         self._meta: Callable[[Value], tuple[int, int, str]] = _full_update
-        self._sub: P4pSubscription | None = None
+        self._sub: Any = None
+        self._drain_lock = threading.Lock()
+        self._emit_state(ConnectionState.NEVER_CONNECTED)
         self._open()
 
     def _open(self) -> None:
-        self._sub = self._monitors._context.monitor(
+        self._events = 0
+        self._sub = _p4p.ClientMonitor(
+            self._monitors._provider,
             self.name,
-            self._on_event,
-            request=self._monitors._request,
-            notify_disconnect=True,
-            queue=self._monitors._queue,
+            handler=self._drain,
+            pvRequest=self._monitors._request_value,
         )
-        # p4p race: an event that arrives before monitor() has stored the pvxs handle
-        # finds no handle, its wake-up is lost, and pvxs does not wake again until the
-        # queue is drained, so the PV would never deliver.  One extra drain job is
-        # harmless when there is nothing to pop.
-        handle = getattr(self._sub, "_handle", None)
-        if handle is not None:
-            self._monitors._queue.push(handle)
+        # The first wake-up may have fired before the handle above was stored (and
+        # pvxs does not wake again until the queue is drained): drain once now.
+        self._drain()
+
+    def _drain(self) -> None:
+        """pvxs wake-up (its network thread, GIL held): deliver everything queued.
+
+        Running the callbacks right here, instead of handing them to a worker thread,
+        saves a queue hand-off per update; a slow forwarder then holds up pvxs, whose
+        per-subscription queues squash updates instead of growing (bounded memory).
+        """
+        sub = self._sub
+        if sub is None:
+            return
+        with self._drain_lock:
+            pop = sub.pop
+            on_event = self._on_event
+            while True:
+                try:
+                    event = pop()
+                except Exception as err:  # noqa: BLE001 - a closed monitor raises
+                    _log.debug("PVA monitor of %s: pop failed: %r", self.name, err)
+                    return
+                if event is None:
+                    return
+                on_event(event)
+                if type(event) is Finished:
+                    return
 
     def _emit_state(self, state: ConnectionState) -> None:
         if state is not self._state:
@@ -171,8 +191,11 @@ class PvaChannel:
             # at once cannot make us spin) so the PV resumes if it is served again.
             again = self._state is ConnectionState.FINISHED
             self._emit_state(ConnectionState.FINISHED)
+            old = self._sub
             if not again and not self._closed:
                 self._open()
+            if old is not None:
+                old.close()
         else:
             _log.debug("PVA monitor of %s: ignoring %r", self.name, exc)
 
@@ -191,8 +214,7 @@ class PvaMonitors:
     """All PVA subscriptions of the forwarder, on one p4p context.
 
     `conf`: EPICS_PVA_* settings (other keys are ignored); `use_env`: also read the
-    process environment; `queue_size`: pvxs per-subscription queue depth; `workers`:
-    threads running callbacks (1 keeps per-PV order and avoids GIL contention).
+    process environment; `queue_size`: pvxs per-subscription queue depth.
     """
 
     def __init__(
@@ -201,14 +223,11 @@ class PvaMonitors:
         *,
         use_env: bool = True,
         queue_size: int = 4,
-        workers: int = 1,
     ) -> None:
         pva_conf = {k: str(v) for k, v in (conf or {}).items() if k.startswith("EPICS_PVA_")}
-        self._context = Context("pva", conf=pva_conf or None, useenv=use_env, nt=False)
-        self._queue = ThreadedWorkQueue(
-            name="pva-monitors", workers=workers, maxsize=0, daemon=True
-        ).start()
-        self._request = _request(queue_size)
+        self._context = RawContext("pva", conf=pva_conf or None, useenv=use_env, nt=False)
+        self._provider = self._context._ctxt
+        self._request_value = RawContext.makeRequest(_request(queue_size))
         self._lock = threading.Lock()
         self._channels: set[PvaChannel] = set()
         self._closed = False
@@ -243,4 +262,3 @@ class PvaMonitors:
         for pva_channel in channels:
             pva_channel.close()
         self._context.close()
-        self._queue.stop()
