@@ -5,10 +5,5 @@
 # Extra arguments go to examples/demo.py, e.g. `./run-demo.sh --duration 30`.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+bash scripts/install-venv.sh
 exec .venv/bin/python examples/demo.py "$@"
