@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from caproto import AlarmStatus, ChannelType, SubscriptionType
+from caproto import CLIENT, CLOSED, AlarmStatus, ChannelType, LocalProtocolError, SubscriptionType
 from caproto.threading.client import PV, Context, SharedBroadcaster
 from caproto.threading.client import Subscription as CaprotoSubscription
 
@@ -84,6 +84,27 @@ def make_converter(data_type: int, sample: Any, scalar: bool) -> Converter:
     if dtype == native:
         return np.asarray
     return lambda data: data.astype(native)
+
+
+class _LateResponseFilter(logging.Filter):
+    """Drops caproto's warning, with a traceback, about a response that arrives for a
+    channel already closed on our side.
+
+    Typical at shutdown: subscriptions are cancelled and the circuits closed right after,
+    so the server's answers to the cancels can reach a closed channel.  There is nothing
+    left to deliver them to; the message only alarms whoever reads the log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, LocalProtocolError) and isinstance(record.args, tuple):
+            states = getattr(record.args[-1], "states", None) if record.args else None
+            if isinstance(states, dict) and states.get(CLIENT) is CLOSED:
+                return False
+        return True
+
+
+_LATE_RESPONSES = _LateResponseFilter()
 
 
 class _InlineExecutor:
@@ -248,6 +269,9 @@ class CaMonitors:
     """
 
     def __init__(self, timeout: float = 2.0) -> None:
+        circuit_log = logging.getLogger("caproto.circ")
+        if _LATE_RESPONSES not in circuit_log.filters:
+            circuit_log.addFilter(_LATE_RESPONSES)
         self._broadcaster = _Broadcaster()
         self._context = _InlineContext(self._broadcaster, timeout=timeout)
         self._lock = threading.Lock()

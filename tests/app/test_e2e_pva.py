@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from tests.app.test_e2e_ca import (
     check_value_order,
     f144_type,
     fc00_config,
+    has_value,
     problem_lines,
     stream_status,
 )
@@ -127,7 +129,7 @@ def test_scalars_double_int_enum(pva: PvaSetup) -> None:
         since = pva.out.mark()
         before = time.time_ns()
         pva.ioc.put(pv, value)
-        msg, obj = pva.out.wait(pv, "f144", lambda o, v=value: o.value == v, since)
+        msg, obj = pva.out.wait(pv, "f144", partial(has_value, value), since)
         after = time.time_ns()
         assert obj.source_name == pv and msg.key == pv.encode()
         assert before - 1_000_000_000 <= obj.timestamp_unix_ns <= after
