@@ -68,8 +68,9 @@ class ConfigTopicConsumer:
         self._last_warning = -1e9
         self.alive = True
         self.last_error = ""
+        self._topic_missing = False
         self.refresh_assignment()
-        if not self._assigned:
+        if self._topic_missing:
             self._create_topic()
 
     def _create_topic(self) -> None:
@@ -83,7 +84,7 @@ class ConfigTopicConsumer:
                 [NewTopic(self.topic, num_partitions=1, replication_factor=-1)],
                 request_timeout=5.0,
             )
-            futures[self.topic].result(timeout=6.0)
+            futures[self.topic].result(timeout=5.0)
             log.info("config topic %r did not exist: created it with one partition", self.topic)
         except Exception as err:  # noqa: BLE001 - creation is a courtesy, not a requirement
             log.debug("config topic %r not created: %s", self.topic, err)
@@ -103,7 +104,9 @@ class ConfigTopicConsumer:
             return
         topic_md = md.topics.get(self.topic)
         if topic_md is None or topic_md.error is not None or not topic_md.partitions:
+            self._topic_missing = True  # the broker answered: there is no such topic
             return
+        self._topic_missing = False
         new = sorted(set(topic_md.partitions) - self._assigned)
         if not new:
             return

@@ -23,7 +23,6 @@ import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -57,10 +56,9 @@ _ENDPOINTS = (
 
 
 def forwarder_version() -> str:
-    try:
-        return version("forwarder")
-    except PackageNotFoundError:  # source tree that was not pip-installed
-        return "0+unknown"
+    from forwarder import __version__
+
+    return __version__
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ def _graylog_handler(address: str, host: str) -> logging.Handler:
     return _GelfHandler(name, int(port), localname=host)
 
 
+_CHATTY_LIBRARIES = ("caproto", "p4p", "pvxs")
+
+
 def setup_logging(
     level: str,
     log_file: str | None,
@@ -168,6 +171,12 @@ def setup_logging(
         root.addHandler(handler)
         _installed.append(handler)
     root.setLevel(numeric)
+    # The EPICS client libraries log every update at debug level: their debug output is
+    # only wanted at Trace, otherwise it would drown the forwarder's own debug lines.
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            numeric if numeric < logging.DEBUG else max(numeric, logging.INFO)
+        )
 
 
 def teardown_logging() -> None:
