@@ -256,7 +256,14 @@ class TopicWriter:
     """A small producer for low-rate messages (status, storage)."""
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
-        conf: dict[str, Any] = {"linger.ms": 0, "message.max.bytes": 64 * 1024 * 1024}
+        # Compressed: a stored configuration or status of 100,000 PVs is several MB of
+        # JSON or FlatBuffers with very repetitive names, and brokers limit message size
+        # (1 MB by default) after compression.
+        conf: dict[str, Any] = {
+            "linger.ms": 0,
+            "message.max.bytes": 64 * 1024 * 1024,
+            "compression.type": "lz4",
+        }
         conf.update(config)
         conf["error_cb"] = self._on_error
         self.topic = topic

@@ -217,11 +217,14 @@ class ForwarderService:
                 "Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason
             )
         change = self.registry.apply(command)
+        # One line per stream for ordinary changes; a change of thousands of streams gets
+        # its summary line only (the per-stream lines at debug level).
+        level = logging.INFO if len(change.added) + len(change.removed) <= 100 else logging.DEBUG
         for spec in change.removed:
             self.core.remove_stream(spec)
-            log.info("Removed stream %s", spec.describe())
+            log.log(level, "Removed stream %s", spec.describe())
         for spec in change.added + change.updated:
-            self._start_stream(spec)
+            self._start_stream(spec, level)
         if change:
             log.info(
                 "%s %s: %d added, %d removed, %d updated; %d streams configured",
@@ -237,13 +240,16 @@ class ForwarderService:
             self.publish_status()
         return change
 
-    def _start_stream(self, spec: StreamSpec) -> None:
+    def _start_stream(self, spec: StreamSpec, level: int = logging.INFO) -> None:
         try:
             out = self.core.add_stream(spec)
         except Exception as err:  # noqa: BLE001 - one bad PV must not stop the others
             log.error("Cannot start stream %s: %s", spec.describe(), err)
             return
-        log.info("Forwarding %s%s", spec.describe(), " (periodic)" if spec.periodic else "")
+        if log.isEnabledFor(level):
+            log.log(
+                level, "Forwarding %s%s", spec.describe(), " (periodic)" if spec.periodic else ""
+            )
         if spec.periodic:
             if self.resends is None:
                 if not self._periodic_warned:
