@@ -29,6 +29,7 @@ from caproto import CLIENT, CLOSED, AlarmStatus, ChannelType, LocalProtocolError
 from caproto.threading.client import PV, Context, SharedBroadcaster
 from caproto.threading.client import Subscription as CaprotoSubscription
 
+from forwarder.adapters import _caproto_receive
 from forwarder.core.events import ChannelListener, ConnectionState
 
 _log = logging.getLogger(__name__)
@@ -269,6 +270,7 @@ class CaMonitors:
     """
 
     def __init__(self, timeout: float = 2.0) -> None:
+        _caproto_receive.install()
         circuit_log = logging.getLogger("caproto.circ")
         if _LATE_RESPONSES not in circuit_log.filters:
             circuit_log.addFilter(_LATE_RESPONSES)

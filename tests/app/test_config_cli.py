@@ -546,3 +546,24 @@ def test_round_trip_through_a_running_forwarder(
         assert _wait_status(capsys, status_uri, lambda s: not s) == [], fwd.log()
         code, out, _ = run(capsys, "status", "--status-topic", status_uri, "--max-age", "2")
         assert "(no streams)" in out
+
+        # replace (fc00) and remove-all (rf5k), also through the running forwarder
+        code, _, err = run(
+            capsys, "add", "FAKE:A", "FAKE:B", "--protocol", "fake", "--topic", data_topic,
+            "--config-topic", config_uri,
+        )  # fmt: skip
+        assert code == 0, err
+        names = lambda s: sorted(x["channel_name"] for x in s)  # noqa: E731
+        assert names(_wait_status(capsys, status_uri, lambda s: len(s) == 2)) == [
+            "FAKE:A", "FAKE:B"
+        ]  # fmt: skip
+        code, _, err = run(
+            capsys, "replace", "FAKE:B", "FAKE:C", "--protocol", "fake", "--topic", data_topic,
+            "--config-topic", config_uri,
+        )  # fmt: skip
+        assert code == 0, err
+        after = _wait_status(capsys, status_uri, lambda s: names(s) == ["FAKE:B", "FAKE:C"])
+        assert names(after) == ["FAKE:B", "FAKE:C"], fwd.log()
+        code, _, err = run(capsys, "remove-all", "--format", "rf5k", "--config-topic", config_uri)
+        assert code == 0, err
+        assert _wait_status(capsys, status_uri, lambda s: not s) == [], fwd.log()
