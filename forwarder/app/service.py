@@ -32,7 +32,7 @@ from forwarder.core.events import Monitors
 from forwarder.core.forwarding import Channel, ForwardingCore, StreamOutput, Subscribers
 from forwarder.core.registry import Change, StreamRegistry
 from forwarder.core.scheduler import ResendSchedule, Timers
-from forwarder.core.status import status_document, status_json
+from forwarder.core.status import StatusBuilder
 from forwarder.core.streams import Protocol, StreamSpec
 from forwarder.core.timestamps import TimestampPolicy
 
@@ -161,6 +161,9 @@ class ForwarderService:
         self.started_at = time.time()
         self.status_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._periodic_warned = False
+        self.status_builder = StatusBuilder()
+        #: Bumped on every configuration change (the status builder caches by it).
+        self.config_version = 0
         #: Monotonic time of the control loop's last pass (the health probe checks it).
         self.heartbeat = time.monotonic()
         self.metrics_server: Any = None
@@ -226,6 +229,7 @@ class ForwarderService:
         for spec in change.added + change.updated:
             self._start_stream(spec, level)
         if change:
+            self.config_version += 1
             log.info(
                 "%s %s: %d added, %d removed, %d updated; %d streams configured",
                 command.schema_id,
@@ -315,13 +319,14 @@ class ForwarderService:
         return self.settings.skip_retrieval or not self.settings.storage_topic
 
     # -- status -------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return status_document(
-            self.core, list(self.core.all_outputs()), self.counters, self.sink.queue_length()
+    def status(self) -> tuple[dict[str, Any], str]:
+        """The status document and its JSON text."""
+        return self.status_builder.build(
+            self.core, self.counters, self.sink.queue_length(), self.config_version
         )
 
     def publish_status(self) -> None:
-        doc = self.status()
+        doc, text = self.status()
         if log.isEnabledFor(TRACE):
             summary = doc["summary"]
             log.log(
@@ -344,7 +349,7 @@ class ForwarderService:
             self.host,
             self.pid,
             self.settings.status_interval_ms,
-            status_json(doc),
+            text,
         )
         self.status_writer.write(payload, key=self.settings.service_id.encode())
 

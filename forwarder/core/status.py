@@ -77,3 +77,73 @@ def status_json(doc: dict[str, Any], max_bytes: int = MAX_STATUS_BYTES) -> str:
         if len(text) <= max_bytes or keep == 0:
             return text
         keep = keep * 9 // 10
+
+
+#: Above this many streams the per-stream health fields are left out of status messages
+#: and the stream list (then a function of the configuration alone) is encoded once per
+#: configuration change instead of every few seconds.
+DETAIL_LIMIT = 2000
+
+
+class StatusBuilder:
+    """Builds the status document and its JSON, cheaply for very large configurations."""
+
+    def __init__(self, max_bytes: int = MAX_STATUS_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._version: object = object()
+        self._streams: list[dict[str, Any]] = []
+        self._fragment = "[]"
+        self._omitted = 0
+
+    def build(
+        self,
+        core: ForwardingCore,
+        counters: ProcessCounters,
+        producer_queue_length: int,
+        config_version: object,
+    ) -> tuple[dict[str, Any], str]:
+        outputs = list(core.all_outputs())
+        if len(outputs) <= DETAIL_LIMIT:
+            doc = status_document(core, outputs, counters, producer_queue_length)
+            return doc, status_json(doc, self.max_bytes)
+        if config_version != self._version:
+            self._encode_streams(outputs)
+            self._version = config_version
+        connected = sum(
+            len(ch.outputs)
+            for ch in list(core.channels.values())
+            if ch.connection == ConnectionState.CONNECTED
+        )
+        rest = {
+            "summary": {"streams": len(outputs), "connected": connected},
+            "counters": counters.as_dict(),
+            "producer_queue_length": producer_queue_length,
+            "streams_detail_omitted": True,
+            "streams_omitted": self._omitted,
+        }
+        text = '{"streams":' + self._fragment + "," + json.dumps(rest, separators=(",", ":"))[1:]
+        doc = dict(rest, streams=self._streams)
+        return doc, text
+
+    def _encode_streams(self, outputs: list[StreamOutput]) -> None:
+        entries = [
+            {
+                "channel_name": o.spec.channel,
+                "protocol": o.spec.protocol.name,
+                "output_topic": o.spec.topic,
+                "schema": o.spec.schema,
+            }
+            for o in outputs
+        ]
+        budget = self.max_bytes - 2000  # room for summary and counters
+        pieces = [json.dumps(e, separators=(",", ":")) for e in entries]
+        used = 2
+        keep = 0
+        for piece in pieces:
+            if used + len(piece) + 1 > budget:
+                break
+            used += len(piece) + 1
+            keep += 1
+        self._streams = entries[:keep]
+        self._fragment = "[" + ",".join(pieces[:keep]) + "]"
+        self._omitted = len(entries) - keep

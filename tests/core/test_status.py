@@ -178,3 +178,41 @@ def test_status_json_stays_under_the_size_limit_for_many_streams() -> None:
     assert tiny["streams"][0]["channel_name"] == "PV:000000"
     full = _json.loads(status_json({"streams": streams[:10]}, max_bytes=1_000_000))
     assert full["streams"] == streams[:10]
+
+
+def test_status_builder_for_large_configurations() -> None:
+    from forwarder.core.status import DETAIL_LIMIT, StatusBuilder
+
+    core, listeners = make_core()
+    n = DETAIL_LIMIT + 500
+    for i in range(n):
+        core.add_stream(StreamSpec(f"BIG:{i:05d}", "f144", "t", Protocol.PVA))
+    for i in range(10):
+        listeners[(Protocol.PVA, f"BIG:{i:05d}")].on_connection(
+            ConnectionState.CONNECTED, time.time_ns()
+        )
+    builder = StatusBuilder(max_bytes=60_000)
+    doc, text = builder.build(core, ProcessCounters(), 7, config_version=1)
+    parsed = json.loads(text)
+    assert len(text) <= 60_000
+    assert parsed["summary"] == {"streams": n, "connected": 10}
+    assert parsed["streams_detail_omitted"] is True
+    kept = len(parsed["streams"])
+    assert 0 < kept < n and parsed["streams_omitted"] == n - kept
+    assert parsed["streams"][0] == {
+        "channel_name": "BIG:00000", "protocol": "PVA", "output_topic": "t", "schema": "f144"
+    }  # fmt: skip
+    assert parsed["producer_queue_length"] == 7
+    assert doc["summary"]["connected"] == 10
+    # Same configuration version: the cached list is reused, live numbers are fresh.
+    listeners[(Protocol.PVA, "BIG:00010")].on_connection(ConnectionState.CONNECTED, 1)
+    _, text2 = builder.build(core, ProcessCounters(), 0, config_version=1)
+    again = json.loads(text2)
+    assert again["streams"] == parsed["streams"]
+    assert again["summary"]["connected"] == 11
+    # Small configurations keep the full per-stream detail.
+    small_core, _ = make_core()
+    small_core.add_stream(StreamSpec("S:1", "f144", "t", Protocol.CA))
+    small, small_text = StatusBuilder().build(small_core, ProcessCounters(), 0, config_version=1)
+    assert json.loads(small_text)["streams"][0]["connection"] == "NEVER_CONNECTED"
+    assert "streams_detail_omitted" not in small
