@@ -39,6 +39,10 @@ from forwarder.core.timestamps import TimestampPolicy
 log = logging.getLogger("forwarder")
 
 SOFTWARE_NAME = "forwarder"
+#: Control loop wake-ups: at least every _MAX_WAIT_S (config polling, health heartbeat),
+#: at most every _MIN_WAIT_S when timers are pending.
+_MAX_WAIT_S = 0.1
+_MIN_WAIT_S = 0.02
 
 
 class ServiceSettings:
@@ -416,7 +420,15 @@ class ForwarderService:
                 r = self.resends.next_due_ns()
                 if r is not None and (next_due is None or r < next_due):
                     next_due = r
-            wait = 0.1 if next_due is None else min(0.1, max(0.0, (next_due - now) / 1e9))
+            if next_due is None:
+                wait = _MAX_WAIT_S
+            elif next_due <= now:
+                wait = 0.0  # a backlog (more re-sends due than one pass handles)
+            else:
+                # Re-sends of many streams come due a fraction of a millisecond apart;
+                # waking for each would spin.  Waking at most every _MIN_WAIT_S serves
+                # them in batches, at most that late.
+                wait = min(_MAX_WAIT_S, max(_MIN_WAIT_S, (next_due - now) / 1e9))
             for raw in consumer.poll(wait):
                 self.handle_config_message(raw)
             now = time.monotonic_ns()
