@@ -41,6 +41,7 @@ from benchmarks.support import (  # noqa: E402
     cpu_seconds,
     drops,
     f144_time_and_value,
+    internal_latency_ms,
     make_generator,
     memory_mb,
     metric,
@@ -293,6 +294,9 @@ class Window:
             "lost_upstream_fraction": round(max(0.0, posts - got) / posts, 6) if posts else None,
             "forwarder_drops": dropped,
             "latency_ms": {"p50": p50, "p99": p99, "max": pmax},
+            # The forwarder's own share: EPICS timestamp -> handed to librdkafka (bucket
+            # upper bounds of its histogram), so broker and consumer are not in it.
+            "forwarder_internal_latency_ms": internal_latency_ms(m0.metrics, m1.metrics),
             "forwarder_cpu_cores": round(fwd_cpu / seconds, 3),
             "forwarder_cpu_s_per_1000": round(fwd_cpu / fwd_updates * 1000, 4)
             if fwd_updates

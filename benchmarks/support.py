@@ -304,3 +304,28 @@ def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float | No
 
     arr = np.asarray(values, dtype=float)
     return [round(float(np.percentile(arr, q)), 2) for q in qs]
+
+
+def internal_latency_ms(
+    before: dict[str, float], after: dict[str, float]
+) -> dict[str, float | None]:
+    """p50/p99 (upper bucket bounds) of the forwarder's own EPICS-timestamp-to-produce
+    latency in a window, from its `forwarder_latency_seconds` histogram (all protocols)."""
+    prefix = "forwarder_latency_seconds_bucket{"
+    by_bound: dict[float, float] = {}
+    for key, value in after.items():
+        if key.startswith(prefix):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            by_bound[bound] = by_bound.get(bound, 0.0) + value - before.get(key, 0.0)
+    buckets = sorted(by_bound.items())
+    total = buckets[-1][1] if buckets else 0.0
+    result: dict[str, float | None] = {"p50": None, "p99": None}
+    if total <= 0:
+        return result
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        for bound, count in buckets:
+            if count >= q * total:
+                result[name] = None if bound == float("inf") else bound * 1000
+                break
+    return result
