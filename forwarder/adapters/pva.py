@@ -105,7 +105,8 @@ class PvaChannel:
         self._extract: Extract = _raw_value
         self._meta: Callable[[Value], tuple[int, int, str]] = _full_update
         self._sub: Any = None
-        self._drain_lock = threading.Lock()
+        # Re-entrant: a Finished event re-opens the monitor from inside a drain.
+        self._drain_lock = threading.RLock()
         self._emit_state(ConnectionState.NEVER_CONNECTED)
         self._open()
 

@@ -174,3 +174,41 @@ def test_failing_listener_does_not_break_the_channel(
         listener.wait_update()
         srv.put("T:AI", 7.25)
         listener.wait_value(7.25)
+
+
+def test_pv_closed_and_reopened_by_the_server(env: dict[str, str]) -> None:
+    """A server that closes a PV (p4p reports it to clients as a disconnect, or Finished
+    on some versions, where the adapter re-opens its monitor from inside its own drain)
+    and serves it again: values flow again."""
+    from p4p.nt import NTScalar
+    from p4p.server import Server, StaticProvider
+    from p4p.server.thread import SharedPV
+
+    pv = SharedPV(nt=NTScalar("d"), initial=1.0)
+    provider = StaticProvider("finished-test")
+    provider.add("T:FIN", pv)
+    server_conf = {k: v for k, v in env.items() if k.startswith("EPICS_PVA")}
+    with Server(providers=[provider], conf=server_conf, useenv=False):
+        monitors = PvaMonitors(conf=env, use_env=False)
+        try:
+            listener = RecordingListener()
+            monitors.subscribe("T:FIN", listener)
+            assert listener.wait_update().value == 1.0
+            pv.close(destroy=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and listener.state_list()[-1] not in (
+                ConnectionState.DISCONNECTED,
+                ConnectionState.FINISHED,
+            ):
+                time.sleep(0.05)
+            assert listener.state_list()[-1] in (
+                ConnectionState.DISCONNECTED,
+                ConnectionState.FINISHED,
+            )
+            pv.open(2.5)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(u.value == 2.5 for u in listener.updates):
+                time.sleep(0.1)
+            assert any(u.value == 2.5 for u in listener.updates), listener.state_list()
+        finally:
+            monitors.close()
