@@ -411,6 +411,57 @@ CAPROTO_RECORDS = [
 SERVICE_ID = "e2e-ca-forwarder"
 
 
+def check_waveforms(
+    out: OutputTopic, server: Any, prefix: str, values: dict[str, list[Any]], kinds: dict[str, str]
+) -> None:
+    """Each waveform type keeps its values and element type; a shrinking or growing array
+    forwards only its valid elements (NORD)."""
+    for dtype in WAVEFORM_TYPES:
+        pv, value = f"{prefix}WF:{dtype}", values[dtype]
+        since = out.mark()
+        server.put(pv, value)
+        obj = out.wait_value(pv, np.asarray(value), since)
+        msg = out.of(pv, "f144", since)[-1][0]
+        assert f144_type(msg) == kinds[dtype], dtype
+        assert obj.source_name == pv
+    pv = f"{prefix}WF:DOUBLE"
+    for value in ([9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [0.25]):
+        since = out.mark()
+        server.put(pv, value)
+        out.wait_value(pv, value, since)
+
+
+def check_string_pv(
+    out: OutputTopic,
+    status: StatusWatch,
+    server: Any,
+    log: Any,
+    pv: str,
+    other_pv: str,
+    service_id: str,
+) -> None:
+    """A string PV on an f144 stream: ep01 and al00 flow, no f144, counted as dropped,
+    reported once in the log, and another PV of the same configuration still forwards."""
+    connected = out.wait_connection(pv, ConnectionInfo.CONNECTED)
+    assert connected.service_id == service_id
+    assert out.wait(pv, "al00")[1].severity == Severity.OK
+    for text in ("one", "two", "three"):
+        server.put(pv, text)
+    # An alarm change after the puts: once its al00 is here, any f144 would be too.
+    server.set_alarm(pv, 1, "STATE")
+    out.wait(pv, "al00", lambda o: o.severity == Severity.MINOR)
+    assert out.of(pv, "f144") == []
+    doc = status.wait(lambda d: stream_status(d, pv)["updates_dropped"] >= 5)
+    assert stream_status(doc, pv)["updates_forwarded"] == 0
+    assert doc["counters"]["dropped"]["unsupported_type"] >= 5
+    since = out.mark()
+    server.put(other_pv, 11.5)
+    out.wait_value(other_pv, 11.5, since)
+    lines = problem_lines(log(), pv)
+    assert len(lines) == 1, lines
+    assert "f144" in lines[0]
+
+
 @dataclass
 class CaSetup:
     env: dict[str, str]
@@ -491,20 +542,7 @@ def test_scalars_double_int_enum(ca: CaSetup) -> None:
 
 
 def test_waveforms_keep_values_and_element_type(ca: CaSetup) -> None:
-    for dtype in WAVEFORM_TYPES:
-        pv, value = f"{P}WF:{dtype}", WAVEFORM_VALUES[dtype]
-        since = ca.out.mark()
-        ca.ioc.put(pv, value)
-        obj = ca.out.wait_value(pv, np.asarray(value), since)
-        msg = ca.out.of(pv, "f144", since)[-1][0]
-        assert f144_type(msg) == CA_WAVEFORM_F144[dtype], dtype
-        assert obj.source_name == pv
-    # Shrinking and growing: only the valid elements (NORD) are forwarded.
-    pv = f"{P}WF:DOUBLE"
-    for value in ([9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [0.25]):
-        since = ca.out.mark()
-        ca.ioc.put(pv, value)
-        ca.out.wait_value(pv, value, since)
+    check_waveforms(ca.out, ca.ioc, P, WAVEFORM_VALUES, CA_WAVEFORM_F144)
 
 
 def test_value_order_is_preserved(ca: CaSetup) -> None:
@@ -524,27 +562,7 @@ def test_alarms_on_first_update_and_on_change_only(ca: CaSetup) -> None:
 
 
 def test_string_pv_gives_connection_and_alarms_but_no_f144(ca: CaSetup) -> None:
-    pv = f"{P}STR"
-    connected = ca.out.wait_connection(pv, ConnectionInfo.CONNECTED)
-    assert connected.service_id == SERVICE_ID
-    assert ca.out.wait(pv, "al00")[1].severity == Severity.OK
-    for text in ("one", "two", "three"):
-        ca.ioc.put(pv, text)
-    # An alarm change after the puts: once its al00 is here, any f144 would be too.
-    ca.ioc.set_alarm(pv, 1, "STATE")
-    ca.out.wait(pv, "al00", lambda o: o.severity == Severity.MINOR)
-    assert ca.out.of(pv, "f144") == []
-    doc = ca.status.wait(lambda d: stream_status(d, pv)["updates_dropped"] >= 5)
-    assert stream_status(doc, pv)["updates_forwarded"] == 0
-    assert doc["counters"]["dropped"]["unsupported_type"] >= 5
-    # The other PVs of the same configuration still forward.
-    since = ca.out.mark()
-    ca.ioc.put(f"{P}AI", 11.5)
-    ca.out.wait_value(f"{P}AI", 11.5, since)
-    # Reported once, not once per update.
-    lines = problem_lines(ca.fw.log(), pv)
-    assert len(lines) == 1, lines
-    assert "f144" in lines[0]
+    check_string_pv(ca.out, ca.status, ca.ioc, ca.fw.log, f"{P}STR", f"{P}AI", SERVICE_ID)
 
 
 def test_caproto_server_types_and_alarm(ca: CaSetup) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pytest
 from streaming_data_types.alarm_al00 import Severity
 from streaming_data_types.epics_connection_ep01 import ConnectionInfo
@@ -30,12 +29,13 @@ from tests.app.test_e2e_ca import (
     StatusWatch,
     check_alarm_sequence,
     check_empty_not_forwarded,
+    check_string_pv,
     check_tdct,
     check_value_order,
+    check_waveforms,
     f144_type,
     fc00_config,
     has_value,
-    problem_lines,
     stream_status,
 )
 from tests.support.epics_servers import LOCALHOST, P4pServer, Record, SoftIoc, epics_env, free_port
@@ -141,19 +141,7 @@ def test_scalars_double_int_enum(pva: PvaSetup) -> None:
 
 
 def test_waveforms_keep_values_and_element_type(pva: PvaSetup) -> None:
-    for dtype in WAVEFORM_TYPES:
-        pv, value = f"{P}WF:{dtype}", WAVEFORM_VALUES[dtype]
-        since = pva.out.mark()
-        pva.ioc.put(pv, value)
-        obj = pva.out.wait_value(pv, np.asarray(value), since)
-        msg = pva.out.of(pv, "f144", since)[-1][0]
-        assert f144_type(msg) == PVA_WAVEFORM_F144[dtype], dtype
-        assert obj.source_name == pv
-    pv = f"{P}WF:DOUBLE"
-    for value in ([9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [0.25]):
-        since = pva.out.mark()
-        pva.ioc.put(pv, value)
-        pva.out.wait_value(pv, value, since)
+    check_waveforms(pva.out, pva.ioc, P, WAVEFORM_VALUES, PVA_WAVEFORM_F144)
 
 
 def test_value_order_is_preserved(pva: PvaSetup) -> None:
@@ -173,23 +161,7 @@ def test_alarms_on_first_update_and_on_change_only(pva: PvaSetup) -> None:
 
 
 def test_string_pv_gives_connection_and_alarms_but_no_f144(pva: PvaSetup) -> None:
-    pv = f"{P}STR"
-    connected = pva.out.wait_connection(pv, ConnectionInfo.CONNECTED)
-    assert connected.service_id == SERVICE_ID
-    assert pva.out.wait(pv, "al00")[1].severity == Severity.OK
-    for text in ("one", "two", "three"):
-        pva.ioc.put(pv, text)
-    pva.ioc.set_alarm(pv, 1, "STATE")
-    pva.out.wait(pv, "al00", lambda o: o.severity == Severity.MINOR)
-    assert pva.out.of(pv, "f144") == []
-    doc = pva.status.wait(lambda d: stream_status(d, pv)["updates_dropped"] >= 5)
-    assert stream_status(doc, pv)["updates_forwarded"] == 0
-    since = pva.out.mark()
-    pva.ioc.put(f"{P}AI", 11.5)
-    pva.out.wait_value(f"{P}AI", 11.5, since)
-    lines = problem_lines(pva.fw.log(), pv)
-    assert len(lines) == 1, lines
-    assert "f144" in lines[0]
+    check_string_pv(pva.out, pva.status, pva.ioc, pva.fw.log, f"{P}STR", f"{P}AI", SERVICE_ID)
 
 
 def test_p4p_server_types_and_alarm(pva: PvaSetup) -> None:
