@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `pytest integration-tests` without `python -m`
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.kafka import TansuBroker, wait_for_broker  # noqa: E402
+from tests.support.kafka import broker_bootstrap  # noqa: E402
 
 #: Environment variables naming an existing broker, first one set wins.
 BROKER_ENV_VARS = ("KAFKA_BOOTSTRAP", "FORWARDER_TEST_KAFKA")
@@ -60,14 +60,5 @@ def external_broker() -> str | None:
 @pytest.fixture(scope="session")
 def system_kafka() -> Iterator[str]:
     """The broker the system tests run against (see the module docstring)."""
-    external = external_broker()
-    if external:
-        wait_for_broker(external, timeout=30.0)
-        yield external
-        return
-    broker = TansuBroker()
-    broker.start()
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.close()
+    with broker_bootstrap(external_broker(), wait_s=30.0) as bootstrap:
+        yield bootstrap

@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.kafka import EXTERNAL_BROKER_ENV, TansuBroker, TopicReader, wait_for_broker
+from tests.support.kafka import (
+    EXTERNAL_BROKER_ENV,
+    TansuBroker,
+    TopicReader,
+    broker_bootstrap,
+)
 
 
 @pytest.fixture(scope="session")
@@ -17,17 +22,8 @@ def kafka_bootstrap() -> Iterator[str]:
     Shared across the session because starting a broker per test costs time; tests stay
     independent by using `unique_topic`.
     """
-    external = os.environ.get(EXTERNAL_BROKER_ENV, "").strip()
-    if external:
-        wait_for_broker(external)
-        yield external
-        return
-    broker = TansuBroker()
-    broker.start()
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.close()
+    with broker_bootstrap(os.environ.get(EXTERNAL_BROKER_ENV, "").strip()) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture

@@ -183,3 +183,26 @@ def redact(config: Mapping[str, str]) -> dict[str, str]:
         key: "***" if any(m in key.lower() for m in _REDACT_MARKERS) else value
         for key, value in config.items()
     }
+
+
+_KAFKA_KEY_RE = re.compile(r"^[a-z][a-z0-9._]*$")
+
+
+def parse_kafka_setting(text: str) -> tuple[str, str]:
+    """`key=value` of a `-X` option: a librdkafka setting name and its value."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        # Do not echo the text: it may be `sasl.password` with a typo.
+        raise ValueError("expected key=value (a librdkafka setting, e.g. linger.ms=5)")
+    if not _KAFKA_KEY_RE.match(key):
+        raise ValueError(f"{key!r} is not a librdkafka setting name")
+    return key, value.strip()
+
+
+def parse_security_protocol(text: str) -> str:
+    """A librdkafka `security.protocol` name, case-insensitive."""
+    value = text.strip().upper()
+    if value not in SECURITY_PROTOCOLS:
+        raise ValueError(f"{text!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
+    return value

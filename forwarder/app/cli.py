@@ -18,7 +18,6 @@ Choices that differ from the reference forwarder, on purpose:
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from forwarder.adapters.kafka_uri import (
     KafkaUri,
     librdkafka_config,
     parse_host_port,
+    parse_kafka_setting,
     parse_kafka_uri,
 )
 
@@ -44,7 +44,6 @@ STALE_TIMESTAMP_POLICIES = ("drop", "receive-time")
 #: outage of a minute or more at that rate before updates are dropped.
 DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES = 1_000_000
 _LIBRDKAFKA_MAX_QUEUE = 2_147_483_647
-_KAFKA_KEY_RE = re.compile(r"^[a-z][a-z0-9._]*$")
 
 # (uri option, password option) pairs; the password option is only valid with SASL.
 _ENDPOINTS = (
@@ -139,7 +138,7 @@ def _clean_error(message: str) -> str:
     return message.splitlines()[0] if message else "invalid arguments"
 
 
-def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+def checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     """Turn ValueError into argparse's error so the message survives unchanged."""
 
     def wrapper(text: str) -> Any:
@@ -190,17 +189,6 @@ def _host_port(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _kafka_setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        # Do not echo the text: it may be `sasl.password` with a typo.
-        raise ValueError("expected key=value (a librdkafka setting, e.g. linger.ms=5)")
-    if not _KAFKA_KEY_RE.match(key):
-        raise ValueError(f"{key!r} is not a librdkafka setting name")
-    return key, value.strip()
-
-
 def _existing_file(text: str) -> str:
     path = text.strip()
     if not os.path.isfile(path):
@@ -247,24 +235,24 @@ def build_parser() -> configargparse.ArgumentParser:
     uri_help = "[SASL_MECHANISM\\user@]host:port[,host:port...]"
     add(
         "--config-topic",
-        type=_checked(_uri_with_topic),
+        type=checked(_uri_with_topic),
         required=True,
         help=f"where configuration commands are read: {uri_help}/topic",
     )
     add(
         "--status-topic",
-        type=_checked(_uri_with_topic),
+        type=checked(_uri_with_topic),
         help=f"where x5f2 status messages go: {uri_help}/topic (none sent if omitted)",
     )
     add(
         "--output-broker",
-        type=_checked(_uri_without_topic),
+        type=checked(_uri_without_topic),
         required=True,
         help=f"brokers PV data is produced to: {uri_help} (topics come from the config)",
     )
     add(
         "--storage-topic",
-        type=_checked(_uri_with_topic),
+        type=checked(_uri_with_topic),
         help=f"where the current configuration is stored for restarts: {uri_help}/topic",
     )
     for uri_option, _ in _ENDPOINTS:
@@ -277,60 +265,60 @@ def build_parser() -> configargparse.ArgumentParser:
         action="store_true",
         help="do not restore the configuration from --storage-topic at start-up",
     )
-    add("--graylog-logger-address", type=_checked(_host_port), help="GELF UDP host:port")
-    add("--log-file", type=_checked(_log_file), help="also log to this file")
+    add("--graylog-logger-address", type=checked(_host_port), help="GELF UDP host:port")
+    add("--log-file", type=checked(_log_file), help="also log to this file")
     add(
         "--pv-update-period",
-        type=_checked(_int_in(1, 2**31 - 1)),
+        type=checked(_int_in(1, 2**31 - 1)),
         help="ms; re-send the last value of periodic streams when nothing new arrived",
     )
     add(
         "--service-id",
-        type=_checked(_service_id),
+        type=checked(_service_id),
         default=default_service_id(),
         help="identifies this instance in status messages (default: forwarder-<hostname>)",
     )
     add(
         "--fake-pv-period",
-        type=_checked(_int_in(1, 2**31 - 1)),
+        type=checked(_int_in(1, 2**31 - 1)),
         default=1000,
         help="ms between updates of fake PVs (default: 1000)",
     )
     add(
         "-v",
         "--verbosity",
-        type=_checked(_one_of(VERBOSITY_LEVELS)),
+        type=checked(_one_of(VERBOSITY_LEVELS)),
         default="Info",
         metavar="LEVEL",
         help=f"one of {', '.join(VERBOSITY_LEVELS)} (case-insensitive, default: Info)",
     )
     add(
         "--stale-timestamps",
-        type=_checked(_one_of(STALE_TIMESTAMP_POLICIES)),
+        type=checked(_one_of(STALE_TIMESTAMP_POLICIES)),
         default="drop",
         help="updates with unusable EPICS timestamps: drop (default) or receive-time",
     )
     add(
         "--status-interval",
-        type=_checked(_int_in(1, 2**31 - 1)),
+        type=checked(_int_in(1, 2**31 - 1)),
         default=4000,
         help="ms between status messages (default: 4000)",
     )
-    add("--http-port", type=_checked(_int_in(1, 65535)), help="serve Prometheus metrics here")
+    add("--http-port", type=checked(_int_in(1, 65535)), help="serve Prometheus metrics here")
     add(
         "--ssl-ca-cert-file",
-        type=_checked(_existing_file),
+        type=checked(_existing_file),
         help="CA certificate for TLS to Kafka (implies SSL/SASL_SSL)",
     )
     add(
         "--security-protocol",
-        type=_checked(_one_of(SECURITY_PROTOCOLS)),
+        type=checked(_one_of(SECURITY_PROTOCOLS)),
         help=f"override the derived protocol: {', '.join(SECURITY_PROTOCOLS)}",
     )
     add(
         "-X",
         "--kafka-config",
-        type=_checked(_kafka_setting),
+        type=checked(parse_kafka_setting),
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -338,7 +326,7 @@ def build_parser() -> configargparse.ArgumentParser:
     )
     add(
         "--producer-queue-max-messages",
-        type=_checked(_int_in(1, _LIBRDKAFKA_MAX_QUEUE)),
+        type=checked(_int_in(1, _LIBRDKAFKA_MAX_QUEUE)),
         default=DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES,
         help="messages buffered while Kafka is slow or down (default: 1000000)",
     )

@@ -40,8 +40,11 @@ from forwarder.adapters.kafka_uri import (
     SECURITY_PROTOCOLS,
     KafkaUri,
     librdkafka_config,
+    parse_kafka_setting,
     parse_kafka_uri,
+    parse_security_protocol,
 )
+from forwarder.app.cli import checked
 from forwarder.core.config_messages import (
     ConfigCommand,
     ConfigMessageError,
@@ -60,7 +63,6 @@ DEFAULT_TIMEOUT_S = 10.0
 #: Without end-of-partition events (some brokers), stop reading after this much silence.
 DEFAULT_QUIET_S = 2.0
 
-_KAFKA_KEY_RE = re.compile(r"^[a-z][a-z0-9._]*$")
 _STREAM_FIELDS = ("channel", "schema", "topic", "protocol", "periodic")
 _TRUE = frozenset({"1", "true", "yes", "on", "periodic"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -95,12 +97,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _kafka_setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not _KAFKA_KEY_RE.match(key):
-        # Do not echo the text: it may be a password setting with a typo.
-        raise argparse.ArgumentTypeError("expected KEY=VALUE with a librdkafka setting name")
-    return key, value.strip()
+    """The forwarder's `-X` parser, with this tool's terser wording (never echoes input)."""
+    try:
+        return parse_kafka_setting(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected KEY=VALUE with a librdkafka setting name"
+        ) from None
 
 
 def _protocol(text: str) -> Protocol:
@@ -117,13 +120,6 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
-def _security_protocol(text: str) -> str:
-    value = text.strip().upper()
-    if value not in SECURITY_PROTOCOLS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
     return value
 
 
@@ -154,7 +150,7 @@ def _add_connection_options(p: argparse.ArgumentParser, endpoints: Sequence[str]
     p.add_argument(
         "--security-protocol",
         dest=f"{g}security_protocol",
-        type=_security_protocol,
+        type=checked(parse_security_protocol),
         metavar="PROTOCOL",
         help=f"override the derived protocol: {', '.join(SECURITY_PROTOCOLS)}",
     )

@@ -462,6 +462,30 @@ def check_string_pv(
     assert "f144" in lines[0]
 
 
+def check_server_types_and_alarm(
+    out: OutputTopic,
+    server: Any,
+    cases: list[tuple[str, Any, str | None]],
+    alarm_pv: str,
+    service_id: str,
+) -> None:
+    """Values of each (pv, value, f144 kind) arrive with the right type; `alarm_pv` is
+    connected (with our service id) and its HIHI/MAJOR alarm arrives as al00."""
+    for pv, value, kind in cases:
+        since = out.mark()
+        server.put(pv, value)
+        obj = out.wait_value(pv, value, since)
+        msg = out.of(pv, "f144", since)[-1][0]
+        assert obj.source_name == pv
+        if kind is not None:
+            assert f144_type(msg) == kind
+    assert out.wait_connection(alarm_pv, ConnectionInfo.CONNECTED).service_id == service_id
+    since = out.mark()
+    server.set_alarm(alarm_pv, 2, "HIHI")
+    alarm = out.wait(alarm_pv, "al00", lambda o: o.severity == Severity.MAJOR, since)[1]
+    assert alarm.message == "HIHI"
+
+
 @dataclass
 class CaSetup:
     env: dict[str, str]
@@ -568,19 +592,7 @@ def test_string_pv_gives_connection_and_alarms_but_no_f144(ca: CaSetup) -> None:
 def test_caproto_server_types_and_alarm(ca: CaSetup) -> None:
     cases = [(f"{CP}AI", -0.75, "Double"), (f"{CP}LO", 99, "Int"),
              (f"{CP}MBB", 2, None), (f"{CP}WF", [3, -4, 5], "ArrayShort")]  # fmt: skip
-    for pv, value, kind in cases:
-        since = ca.out.mark()
-        ca.caproto.put(pv, value)
-        obj = ca.out.wait_value(pv, value, since)
-        msg = ca.out.of(pv, "f144", since)[-1][0]
-        assert obj.source_name == pv
-        if kind is not None:
-            assert f144_type(msg) == kind
-    assert ca.out.wait_connection(f"{CP}LO", ConnectionInfo.CONNECTED).service_id == SERVICE_ID
-    since = ca.out.mark()
-    ca.caproto.set_alarm(f"{CP}LO", 2, "HIHI")
-    alarm = ca.out.wait(f"{CP}LO", "al00", lambda o: o.severity == Severity.MAJOR, since)[1]
-    assert alarm.message == "HIHI"
+    check_server_types_and_alarm(ca.out, ca.caproto, cases, f"{CP}LO", SERVICE_ID)
 
 
 def test_pv_served_by_an_ioc_started_later(ca: CaSetup) -> None:

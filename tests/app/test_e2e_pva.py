@@ -29,6 +29,7 @@ from tests.app.test_e2e_ca import (
     StatusWatch,
     check_alarm_sequence,
     check_empty_not_forwarded,
+    check_server_types_and_alarm,
     check_string_pv,
     check_tdct,
     check_value_order,
@@ -167,19 +168,7 @@ def test_string_pv_gives_connection_and_alarms_but_no_f144(pva: PvaSetup) -> Non
 def test_p4p_server_types_and_alarm(pva: PvaSetup) -> None:
     cases = [(f"{Q}AI", -0.75, "Double"), (f"{Q}LO", 99, "Int"),
              (f"{Q}MBB", 2, None), (f"{Q}WF", [3.5, -4.0, 5.25], "ArrayFloat")]  # fmt: skip
-    for pv, value, kind in cases:
-        since = pva.out.mark()
-        pva.p4p.put(pv, value)
-        obj = pva.out.wait_value(pv, value, since)
-        msg = pva.out.of(pv, "f144", since)[-1][0]
-        assert obj.source_name == pv
-        if kind is not None:
-            assert f144_type(msg) == kind
-    assert pva.out.wait_connection(f"{Q}LO", ConnectionInfo.CONNECTED).service_id == SERVICE_ID
-    since = pva.out.mark()
-    pva.p4p.set_alarm(f"{Q}LO", 2, "HIHI")
-    alarm = pva.out.wait(f"{Q}LO", "al00", lambda o: o.severity == Severity.MAJOR, since)[1]
-    assert alarm.message == "HIHI"
+    check_server_types_and_alarm(pva.out, pva.p4p, cases, f"{Q}LO", SERVICE_ID)
     since = pva.out.mark()
     pva.p4p.set_alarm(f"{Q}LO", 0, "NO_ALARM")
     alarm = pva.out.wait(f"{Q}LO", "al00", lambda o: o.severity == Severity.OK, since)[1]

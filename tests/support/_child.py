@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -73,3 +75,53 @@ def value_dtype(name: str) -> str:
         "UCHAR": "uint8",
         "INT64": "int64",
     }[name.upper()]
+
+
+class CounterLoop:
+    """Paces a load generator: every `period` seconds `post_all(tick)` posts the tick
+    number to every PV; a tick that falls a whole period behind is skipped (counted in
+    `late`) instead of bursting.  Subclasses implement `post_all` and return how many
+    updates they posted."""
+
+    def __init__(self, rate_hz: float) -> None:
+        self.period = 1.0 / float(rate_hz)
+        self.ticks = self.posts = self.late = 0
+        self.started = time.monotonic()
+        self._run = threading.Event()
+
+    def post_all(self, tick: int) -> int:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="counters").start()
+
+    def set_running(self, run: bool) -> None:
+        if run and not self._run.is_set():
+            self.started = time.monotonic()
+            self.ticks = self.posts = self.late = 0
+            self._run.set()
+        elif not run:
+            self._run.clear()
+
+    def set_rate(self, rate_hz: float) -> None:
+        self.period = 1.0 / float(rate_hz)
+
+    def stats(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
+                "elapsed": time.monotonic() - self.started}  # fmt: skip
+
+    def _loop(self) -> None:
+        due = time.monotonic()
+        while True:
+            if not self._run.is_set():
+                self._run.wait()
+                due = time.monotonic()
+            self.ticks += 1
+            self.posts += self.post_all(self.ticks)
+            due += self.period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -self.period:  # fell behind by a whole tick: drop, don't burst
+                self.late += 1
+                due = time.monotonic()

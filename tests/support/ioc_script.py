@@ -5,14 +5,12 @@ Run by `epics_servers.SoftIoc`; see `_child` for the pipe protocol.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import numpy as np
 from softioc import asyncio_dispatcher, builder, softioc
 
-from tests.support._child import Child, value_dtype
+from tests.support._child import Child, CounterLoop, value_dtype
 
 
 def build(spec: dict[str, Any]) -> Any:
@@ -43,7 +41,7 @@ def build(spec: dict[str, Any]) -> Any:
     raise ValueError(f"unsupported record kind {kind!r}")
 
 
-class CounterThread:
+class CounterThread(CounterLoop):
     """Sets a counter on N records at R Hz from one Python thread (load generator).
 
     The records are ao (DOUBLE) or longout (LONG) with `always_update`: `set()` on an out
@@ -54,53 +52,19 @@ class CounterThread:
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec["rate_hz"])
         make = builder.longOut if spec["dtype"] == "LONG" else builder.aOut
         self.cast: Any = int if spec["dtype"] == "LONG" else float
         self.records = [
             make(f"{spec['prefix']}{i}", initial_value=0, always_update=True)
             for i in range(int(spec["count"]))
         ]
-        self.period = 1.0 / float(spec["rate_hz"])
-        self.ticks = self.posts = self.late = 0
-        self.started = time.monotonic()
-        self._run = threading.Event()
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True, name="counters").start()
-
-    def set_running(self, run: bool) -> None:
-        if run and not self._run.is_set():
-            self.started = time.monotonic()
-            self.ticks = self.posts = self.late = 0
-            self._run.set()
-        elif not run:
-            self._run.clear()
-
-    def set_rate(self, rate_hz: float) -> None:
-        self.period = 1.0 / float(rate_hz)
-
-    def stats(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
-                "elapsed": time.monotonic() - self.started}  # fmt: skip
-
-    def _loop(self) -> None:
-        due = time.monotonic()
-        while True:
-            if not self._run.is_set():
-                self._run.wait()
-                due = time.monotonic()
-            self.ticks += 1
-            value = self.cast(self.ticks)
-            for record in self.records:
-                record.set(value)
-            self.posts += len(self.records)
-            due += self.period
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -self.period:  # fell behind by a whole tick: drop, don't burst
-                self.late += 1
-                due = time.monotonic()
+    def post_all(self, tick: int) -> int:
+        value = self.cast(tick)
+        for record in self.records:
+            record.set(value)
+        return len(self.records)
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,3 +361,19 @@ class TopicReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def broker_bootstrap(external: str | None, wait_s: float = 15.0) -> Iterator[str]:
+    """Bootstrap of `external` (a user's broker, only waited for) or of a private Tansu
+    broker started here and stopped on exit."""
+    if external:
+        wait_for_broker(external, timeout=wait_s)
+        yield external
+        return
+    broker = TansuBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.close()

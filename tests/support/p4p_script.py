@@ -5,7 +5,6 @@ Run by `epics_servers.P4pServer`; see `_child` for the pipe protocol.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from p4p.nt import NTEnum, NTScalar
 from p4p.server import Server, StaticProvider
 from p4p.server.thread import SharedPV
 
-from tests.support._child import Child, value_dtype
+from tests.support._child import Child, CounterLoop, value_dtype
 from tests.support.epics_servers import ALARM_STATUS
 
 #: p4p type codes of the waveform element types.
@@ -48,7 +47,7 @@ def stamp(now: float) -> dict[str, int]:
     return {"secondsPastEpoch": int(sec), "nanoseconds": int(frac * 1e9)}
 
 
-class CounterThread:
+class CounterThread(CounterLoop):
     """Posts a counter to N PVs at R Hz from one thread.
 
     Raw Values of one prebuilt Type are posted (no NT wrapping), one fresh Value per post
@@ -56,9 +55,9 @@ class CounterThread:
     """
 
     def __init__(self, spec: dict[str, Any], provider: StaticProvider) -> None:
+        super().__init__(spec["rate_hz"])
         code = {"DOUBLE": "d", "LONG": "i", "INT64": "l"}[spec["dtype"]]
         self.type: Type = NTScalar.buildType(code)
-        self.period = 1.0 / float(spec["rate_hz"])
         zero = 0.0 if code == "d" else 0
         self.pvs = []
         for i in range(int(spec["count"])):
@@ -68,42 +67,13 @@ class CounterThread:
             provider.add(f"{spec['prefix']}{i}", pv)
             self.pvs.append(pv)
         self.cast = float if code == "d" else int
-        self.ticks = self.posts = self.late = 0
-        self.started = time.monotonic()
-        self._run = threading.Event()
-        threading.Thread(target=self._loop, daemon=True, name="counters").start()
+        self.start()
 
-    def set_running(self, run: bool) -> None:
-        if run and not self._run.is_set():
-            self.started = time.monotonic()
-            self.ticks = self.posts = self.late = 0
-            self._run.set()
-        elif not run:
-            self._run.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
-                "elapsed": time.monotonic() - self.started}  # fmt: skip
-
-    def _loop(self) -> None:
-        due = time.monotonic()
-        while True:
-            if not self._run.is_set():
-                self._run.wait()
-                due = time.monotonic()
-            self.ticks += 1
-            value = self.cast(self.ticks)
-            update = {"value": value, "timeStamp": stamp(time.time())}
-            for pv in self.pvs:
-                pv.post(Value(self.type, update))
-            self.posts += len(self.pvs)
-            due += self.period
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -self.period:  # fell behind by a whole tick: drop, don't burst
-                self.late += 1
-                due = time.monotonic()
+    def post_all(self, tick: int) -> int:
+        update = {"value": self.cast(tick), "timeStamp": stamp(time.time())}
+        for pv in self.pvs:
+            pv.post(Value(self.type, update))
+        return len(self.pvs)
 
 
 def main() -> None:
