@@ -4,6 +4,12 @@ One caproto `Context` serves every PV.  Per PV there is one DBR_TIME_* subscript
 mask DBE_VALUE|DBE_ALARM, so value and alarm changes arrive together with the EPICS
 timestamp; enums arrive as their index (DBR_TIME_ENUM).
 
+Updates of a PV with one consumer skip caproto's per-update machinery: after the first
+update has come through caproto (and picked how values are converted), the channel
+registers a decoder for its subscription id with the receive path
+(`_caproto_receive.set_fast_handler`), which then hands it the raw DBR_TIME_* payload.
+The decoder yields exactly what the caproto path yields (same types and values; tested).
+
 Callbacks run inline on caproto's socket thread.  Stock caproto hands every update to a
 per-circuit ThreadPoolExecutor whose queue has no bound: under overload it grows without
 limit and each update pays a Future and a thread hand-off.  Running inline instead means a
@@ -18,7 +24,9 @@ pass it explicitly, so set the environment before creating `CaMonitors`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from caproto import CLIENT, CLOSED, AlarmStatus, ChannelType, LocalProtocolError, SubscriptionType
+from caproto._dbr import DBR_TYPES
 from caproto.threading.client import PV, Context, SharedBroadcaster
 from caproto.threading.client import Subscription as CaprotoSubscription
 
@@ -85,6 +94,56 @@ def make_converter(data_type: int, sample: Any, scalar: bool) -> Converter:
     if dtype == native:
         return np.asarray
     return lambda data: data.astype(native)
+
+
+#: DBR_TIME_* number type -> (struct code, big-endian dtype, scalar constructor giving what
+#: `make_converter` gives: native numpy scalars, enums as int).
+_FAST_TYPES: dict[int, tuple[str, np.dtype[Any], Callable[[Any], Any]]] = {
+    ChannelType.TIME_INT: ("h", np.dtype(">i2"), np.int16),
+    ChannelType.TIME_FLOAT: ("f", np.dtype(">f4"), np.float32),
+    ChannelType.TIME_ENUM: ("H", np.dtype(">u2"), int),
+    ChannelType.TIME_CHAR: ("B", np.dtype("u1"), np.uint8),
+    ChannelType.TIME_LONG: ("i", np.dtype(">i4"), np.int32),
+    ChannelType.TIME_DOUBLE: ("d", np.dtype(">f8"), np.float64),
+}
+#: status, severity, seconds and nanoseconds: the start of every DBR_TIME_* payload.
+_TIME_META = struct.Struct(">hhII")
+
+#: (payload, count) -> (value, EPICS timestamp in unix ns, severity, status number)
+FastDecoder = Callable[[memoryview, int], tuple[Any, int, int, int]]
+
+
+def make_fast_decoder(data_type: int, scalar: bool) -> FastDecoder | None:
+    """Decode a raw DBR_TIME_* update payload the way caproto + `make_converter` would.
+
+    None for types without a fast path (strings).  A scalar decoder takes one element.
+    """
+    spec = _FAST_TYPES.get(data_type)
+    if spec is None:
+        return None
+    code, big_endian, construct = spec
+    meta_size = ctypes.sizeof(DBR_TYPES[data_type])  # includes the type's padding
+    if scalar:
+        unpack = struct.Struct(f">hhII{meta_size - _TIME_META.size}x{code}").unpack_from
+
+        def decode_scalar(payload: memoryview, count: int) -> tuple[Any, int, int, int]:
+            status, severity, seconds, nanoseconds, value = unpack(payload)
+            ts = (seconds + EPICS_EPOCH_OFFSET_S) * _NS + nanoseconds
+            return construct(value), ts, severity, status
+
+        return decode_scalar
+    native = big_endian.newbyteorder("=")
+    swap = native != big_endian
+    unpack_meta = _TIME_META.unpack_from
+    frombuffer = np.frombuffer
+
+    def decode_array(payload: memoryview, count: int) -> tuple[Any, int, int, int]:
+        status, severity, seconds, nanoseconds = unpack_meta(payload)
+        data = frombuffer(payload, big_endian, count, meta_size)
+        ts = (seconds + EPICS_EPOCH_OFFSET_S) * _NS + nanoseconds
+        return (data.astype(native) if swap else data), ts, severity, status
+
+    return decode_array
 
 
 class _LateResponseFilter(logging.Filter):
@@ -210,15 +269,27 @@ class CaChannel:
         self._closed = False
         self._state: ConnectionState | None = None
         self._data_type = -1
+        self._scalar = True
         self._convert: Converter = _first
+        self._fast_decode: FastDecoder | None = None
+        #: (circuit, subscription id, data type) the fast path is registered for.
+        self._fast_at: tuple[Any, int, int] | None = None
         if not pv.connected:
             self._emit_state(ConnectionState.NEVER_CONNECTED)
         # Replay the current state only if connected (NEVER_CONNECTED was reported above).
         self._conn_token = pv.connection_state_callback.add_callback(
             self._on_connection, run=pv.connected
         )
-        self._sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
-        self._sub_token = self._sub.add_callback(self._on_value)
+        sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
+        self._sub = sub
+        with sub.callback_lock:
+            if sub.callbacks:
+                # Shared with another channel of this PV: it loses its fast path (the
+                # fast path serves one consumer), and caproto's last response, which is
+                # stale while the fast path ran, must not be replayed to us.
+                sub.most_recent_response = None
+                self._monitors._clear_fast_path(sub)
+            self._sub_token = sub.add_callback(self._on_value)
 
     def _emit_state(self, state: ConnectionState) -> None:
         if state is not self._state and not self._closed:
@@ -246,18 +317,62 @@ class CaChannel:
             md.severity,
             _STATUS_TEXT[status] if status < _N_STATUS else status_text(status),
         )
+        if self._fast_decode is not None:
+            self._use_fast_path(sub, response.data_type)
+
+    def _on_fast_value(self, payload: memoryview, count: int) -> None:
+        """Hot path: an update straight from the receive path (see module docstring)."""
+        if self._closed:
+            return
+        decode = self._fast_decode
+        if decode is None:
+            return
+        value, ts, severity, status = decode(payload, count)
+        self._listener.on_update(
+            value,
+            ts,
+            severity,
+            _STATUS_TEXT[status] if 0 <= status < _N_STATUS else status_text(status),
+        )
 
     def _choose_converter(self, response: Any) -> None:
         channel = self._pv.channel
         count = channel.native_data_count if channel is not None else len(response.data)
-        self._convert = make_converter(response.data_type, response.data, count == 1)
+        self._scalar = count == 1
+        self._convert = make_converter(response.data_type, response.data, self._scalar)
         self._data_type = response.data_type
+        self._fast_decode = make_fast_decoder(response.data_type, self._scalar)
+
+    def _use_fast_path(self, sub: CaprotoSubscription, data_type: int) -> None:
+        """Have this subscription's next updates bypass caproto (idempotent)."""
+        cm = self._pv.circuit_manager
+        sub_id = sub.subscriptionid
+        if cm is None or sub_id is None:
+            return
+        where = (cm.circuit, sub_id, data_type)
+        if where == self._fast_at:
+            return  # registered; this update just did not qualify (count, status)
+        with sub.callback_lock:  # add_callback takes it too: no second consumer sneaks in
+            if self._closed or len(sub.callbacks) != 1:
+                return
+            self._clear_fast_path()
+            _caproto_receive.set_fast_handler(
+                cm.circuit, sub_id, data_type, self._scalar, self._on_fast_value
+            )
+            self._fast_at = where
+
+    def _clear_fast_path(self) -> None:
+        where = self._fast_at
+        if where is not None:
+            self._fast_at = None
+            _caproto_receive.clear_fast_handler(where[0], where[1])
 
     def close(self) -> None:
         """Stop delivering to this listener (an update already being delivered may finish)."""
         if self._closed:
             return
         self._closed = True
+        self._clear_fast_path()
         self._sub.remove_callback(self._sub_token)
         self._pv.connection_state_callback.remove_callback(self._conn_token)
         self._monitors._release(self)
@@ -294,6 +409,15 @@ class CaMonitors:
             ca_channel = CaChannel(self, pv, listener)
             self._channels.setdefault(channel, set()).add(ca_channel)
             return ca_channel
+
+    def _clear_fast_path(self, sub: CaprotoSubscription) -> None:
+        """Stop the fast path of whichever channel holds `sub` (it is being shared).
+
+        Called by `CaChannel.__init__`, i.e. with `self._lock` held by `subscribe`.
+        """
+        holders = [c for c in self._channels.get(sub.pv.name, ()) if c._sub is sub]
+        for holder in holders:
+            holder._clear_fast_path()
 
     def _release(self, ca_channel: CaChannel) -> None:
         """Forget a closed channel; stop searching for a PV nobody wants any more.

@@ -11,11 +11,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import caproto as ca
 import numpy as np
 import pytest
+from caproto._dbr import DBR_TYPES
 
-from forwarder.adapters.ca import CaMonitors, make_converter, status_text
+from forwarder.adapters import _caproto_receive
+from forwarder.adapters.ca import (
+    EPICS_EPOCH_OFFSET_S,
+    CaMonitors,
+    make_converter,
+    make_fast_decoder,
+    status_text,
+)
 from forwarder.core.events import ConnectionState
 from tests.support.epics_servers import (
     CaprotoServer,
@@ -225,3 +235,109 @@ def test_status_text_and_converters() -> None:
     converted = make_converter(20, big_endian, scalar=False)(big_endian)
     assert converted.dtype == np.float64 and converted.dtype.isnative
     assert converted.tolist() == [1.0, 2.0]
+
+
+# -- the fast path for updates -------------------------------------------------------------
+FAST_CASES = [  # (DBR_TIME type, big-endian values as caproto carries them)
+    (ca.ChannelType.TIME_DOUBLE, np.array([-2.5, 1e300, 7.0], ">f8")),
+    (ca.ChannelType.TIME_FLOAT, np.array([1.25, -3.5, 1e30], ">f4")),
+    (ca.ChannelType.TIME_LONG, np.array([-(2**31), 2**31 - 1, 5], ">i4")),
+    (ca.ChannelType.TIME_INT, np.array([-(2**15), 2**15 - 1, 9], ">i2")),
+    (ca.ChannelType.TIME_ENUM, np.array([3, 0, 65535], ">u2")),
+    (ca.ChannelType.TIME_CHAR, np.array([0, 255, 7], "u1")),
+]
+
+
+def _slow_and_fast(
+    data_type: int, values: np.ndarray, scalar: bool, status: int
+) -> tuple[Any, Any]:
+    """(value, ts, severity, status) via caproto + make_converter, and via the fast decoder."""
+    metadata = DBR_TYPES[data_type](status=status, severity=2)
+    metadata.secondsSinceEpoch = 1_000_000_007
+    metadata.nanoSeconds = 123_456_789
+    response = ca.EventAddResponse(values, data_type, len(values), 1, 3, metadata=metadata)
+    wire = bytes(response.header) + b"".join(bytes(b) for b in response.buffers)
+    circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
+    circuit._data = bytearray()
+    (parsed,), _ = _caproto_receive._linear_recv(circuit, wire)
+    md = parsed.metadata
+    slow = (
+        make_converter(data_type, parsed.data, scalar)(parsed.data),
+        (md.secondsSinceEpoch + EPICS_EPOCH_OFFSET_S) * 1_000_000_000 + md.nanoSeconds,
+        md.severity,
+        md.status,
+    )
+    decode = make_fast_decoder(data_type, scalar)
+    assert decode is not None
+    return slow, decode(memoryview(wire)[16:], len(values))
+
+
+@pytest.mark.parametrize(("data_type", "values"), FAST_CASES)
+def test_fast_decoder_gives_what_caproto_gives(data_type: int, values: np.ndarray) -> None:
+    for value in values:  # scalars, every extreme
+        slow, fast = _slow_and_fast(data_type, values[:1] * 0 + value, True, 3)
+        assert type(fast[0]) is type(slow[0]) and fast[0] == slow[0]
+        assert fast[1:] == slow[1:] == (1_631_152_007_123_456_789, 2, 3)
+    slow, fast = _slow_and_fast(data_type, values, False, 0)
+    assert fast[0].dtype == slow[0].dtype and fast[0].dtype.isnative
+    assert fast[0].tolist() == slow[0].tolist() and fast[1:] == slow[1:]
+
+
+def test_no_fast_decoder_for_strings() -> None:
+    assert make_fast_decoder(ca.ChannelType.TIME_STRING, True) is None
+
+
+def test_updates_after_the_first_bypass_caproto(
+    env: dict[str, str], monitors: CaMonitors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real IOC: values, types and order are the same on the fast path."""
+    fast_calls: dict[str, int] = {}
+    register = _caproto_receive.set_fast_handler
+
+    def counting(circuit: Any, sub_id: int, data_type: int, scalar: bool, handler: Any) -> None:
+        name = handler.__self__.name
+
+        def counted(payload: memoryview, count: int) -> None:
+            fast_calls[name] = fast_calls.get(name, 0) + 1
+            handler(payload, count)
+
+        register(circuit, sub_id, data_type, scalar, counted)
+
+    monkeypatch.setattr(_caproto_receive, "set_fast_handler", counting)
+    records = [*SCALARS, WAVEFORMS[0], WAVEFORMS[3]]
+    with SoftIoc(records, env=env) as ioc:
+        rec = subscribe(monitors, *(r.name for r in records))
+        for listener in rec.values():
+            listener.wait_update()
+        for i in range(1, 6):
+            ioc.put("T:AI", i + 0.5)
+            ioc.put("T:LO", -i)
+            ioc.put("T:MBB", i % 3)
+            ioc.put("T:S", f"s{i}")
+            ioc.put("T:WF:DOUBLE", [float(i)] * i)
+            ioc.put("T:WF:SHORT", [i, -i])
+            rec["T:AI"].wait_value(i + 0.5)
+            rec["T:LO"].wait_value(-i)
+            rec["T:WF:DOUBLE"].wait_value(np.full(i, float(i)))
+            rec["T:WF:SHORT"].wait_value(np.array([i, -i], np.int16))
+        rec["T:MBB"].wait_value(5 % 3)
+        rec["T:S"].wait_value("s5")
+        assert [u.value for u in rec["T:AI"].updates] == [1.5, 2.5, 3.5, 4.5, 5.5]
+        assert all(type(u.value) is np.float64 for u in rec["T:AI"].updates)
+        assert all(type(u.value) is np.int32 for u in rec["T:LO"].updates)
+        assert all(type(u.value) is int for u in rec["T:MBB"].updates)
+        assert all(u.value.dtype == np.int16 for u in rec["T:WF:SHORT"].updates)
+        stamps = [u.timestamp_ns for u in rec["T:AI"].updates]
+        assert stamps == sorted(stamps)
+        for name in ("T:AI", "T:LO", "T:WF:DOUBLE", "T:WF:SHORT"):
+            assert fast_calls.get(name, 0) >= 4, fast_calls
+        assert "T:S" not in fast_calls  # strings stay on caproto's path
+
+        # A second consumer of the same PV: both get every later update, via caproto.
+        second = subscribe(monitors, "T:AI")["T:AI"]
+        fast_before = fast_calls["T:AI"]
+        ioc.put("T:AI", 9.5)
+        rec["T:AI"].wait_value(9.5)
+        second.wait_value(9.5)
+        assert all(u.value != 5.5 for u in second.updates)  # no stale replay
+        assert fast_calls["T:AI"] == fast_before

@@ -11,6 +11,7 @@ import random
 import caproto as ca
 import numpy as np
 import pytest
+from caproto._dbr import DBR_TYPES
 
 from forwarder.adapters import _caproto_receive
 
@@ -101,3 +102,119 @@ def test_install_bounds_tcp_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         a.close()
         b.close()
+
+
+# -- fast path for monitor updates --------------------------------------------------------
+def _update(
+    sub_id: int, values: list[float], data_type: int = ca.ChannelType.TIME_DOUBLE
+) -> object:
+    metadata = DBR_TYPES[data_type](status=0, severity=0)
+    metadata.secondsSinceEpoch = 1000 + len(values)
+    dtype = ">f4" if data_type == ca.ChannelType.TIME_FLOAT else ">f8"
+    return ca.EventAddResponse(
+        data=np.array(values, dtype), data_type=data_type, data_count=len(values),
+        status=1, subscriptionid=sub_id, metadata=metadata,
+    )  # fmt: skip
+
+
+def _fast_circuit(scalar: bool = True) -> tuple[object, list[tuple[int, bytes, int]]]:
+    circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
+    circuit._data = bytearray()
+    seen: list[tuple[int, bytes, int]] = []
+    _caproto_receive.set_fast_handler(
+        circuit, 5, ca.ChannelType.TIME_DOUBLE, scalar,
+        lambda payload, count: seen.append((5, bytes(payload), count)),
+    )  # fmt: skip
+    return circuit, seen
+
+
+def _received_in_order(circuit: object, chunks: list[bytes]) -> list[object]:
+    """What the patched circuit manager would dispatch, in order (fast ones run)."""
+    out: list[object] = []
+    for chunk in chunks:
+        commands, _ = _caproto_receive._linear_recv(circuit, chunk)
+        for c in commands:
+            if type(c) is tuple:
+                c[0](c[1], c[2])
+                out.append("fast")
+            else:
+                out.append((type(c).__name__, getattr(c, "subscriptionid", None)))
+    assert len(circuit._data) == 0  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_registered_updates_take_the_fast_path_in_order(seed: int) -> None:
+    rng = random.Random(seed)
+    commands: list[object] = []
+    expected: list[object] = []
+    fast_payloads: list[bytes] = []
+    for i in range(200):
+        pick = rng.randrange(4)
+        if pick == 0:  # the registered subscription: fast
+            command = _update(5, [float(i)])
+            commands.append(command)
+            expected.append("fast")
+            fast_payloads.append(_wire([command])[16:])
+        elif pick == 1:  # another subscription: caproto's path
+            commands.append(_update(6, [float(i)]))
+            expected.append(("EventAddResponse", 6))
+        elif pick == 2:  # registered id, but an array for a scalar handler: caproto's path
+            commands.append(_update(5, [1.0, 2.0]))
+            expected.append(("EventAddResponse", 5))
+        else:
+            commands.append(ca.EchoResponse())
+            expected.append(("EchoResponse", None))
+    stream = _wire(commands)
+    cuts = sorted(rng.sample(range(1, len(stream)), 60))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    circuit, seen = _fast_circuit()
+    assert _received_in_order(circuit, chunks) == expected
+    assert [payload for _, payload, _ in seen] == fast_payloads
+    assert all(count == 1 for _, _, count in seen)
+
+
+def test_fast_path_needs_matching_type_status_and_registration() -> None:
+    circuit, seen = _fast_circuit(scalar=False)
+    other_type = _update(5, [1.0], ca.ChannelType.TIME_FLOAT)
+    error = _update(5, [1.0])
+    error.header.parameter1 = 42  # type: ignore[attr-defined]  # not ECA_NORMAL
+    cancel = ca.EventAddResponse(data=(), data_type=ca.ChannelType.TIME_DOUBLE, data_count=0,
+                                 status=1, subscriptionid=5)  # fmt: skip
+    array = _update(5, [1.0, 2.0, 3.0])
+    stream = _wire([other_type, error, cancel, array])
+    assert _received_in_order(circuit, [stream]) == [
+        ("EventAddResponse", 5), ("EventAddResponse", 5), ("EventAddResponse", 5), "fast",
+    ]  # fmt: skip
+    assert seen[0][2] == 3
+    _caproto_receive.clear_fast_handler(circuit, 5)
+    assert _received_in_order(circuit, [_wire([array])]) == [("EventAddResponse", 5)]
+
+
+def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None:
+    calls: list[int] = []
+    processed: list[object] = []
+
+    def failing(payload: memoryview, count: int) -> None:
+        calls.append(count)
+        raise ValueError("listener bug")
+
+    class Manager:  # the attributes `_received` uses, as caproto's manager has them
+        last_tcp_receipt = 0.0
+
+        def __init__(self) -> None:
+            self.circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
+            self.circuit._data = bytearray()
+            _caproto_receive.set_fast_handler(
+                self.circuit, 5, ca.ChannelType.TIME_DOUBLE, True, failing
+            )
+
+        def _process_command(self, command: object) -> None:
+            processed.append(command)
+
+    manager = Manager()
+    stream = _wire([_update(5, [1.0]), ca.EchoResponse(), _update(5, [2.0])])
+    assert _caproto_receive._received(manager, stream, None) == 0
+    assert calls == [1, 1] and [type(c).__name__ for c in processed] == ["EchoResponse"]
+    assert manager.last_tcp_receipt > 0
+    assert _caproto_receive._received(manager, b"", None) is ca.DISCONNECTED
