@@ -346,8 +346,10 @@ def broker_floor(setup: Setup, pvs: int, rate: float) -> dict[str, Any]:
     recorder = Recorder(setup.bootstrap, topic, args.partitions).start()
     say(f"broker floor: bare producer, {pvs} keys x {rate} Hz for {args.floor_seconds} s")
     started_ns = time.time_ns()
+    broker0 = cpu_seconds(setup.broker_pid) if setup.broker_pid else None
     probe = run_probe_producer(setup.bootstrap, topic, pvs, rate, args.floor_seconds)
     out, _ = probe.communicate(timeout=args.floor_seconds + 60)
+    broker1 = cpu_seconds(setup.broker_pid) if setup.broker_pid else None
     stats = json.loads(out.decode().strip().splitlines()[-1])
     time.sleep(1.0)
     recorder.stop()
@@ -360,11 +362,20 @@ def broker_floor(setup: Setup, pvs: int, rate: float) -> dict[str, Any]:
     p50, p99, pmax = percentiles(latency, (50, 99, 100))
     return {"p50": p50, "p99": p99, "max": pmax,
             "per_s": round(stats["produced"] / stats["seconds"], 1),
-            "received": recorder.f144_count, "produced": stats["produced"]}  # fmt: skip
+            "received": recorder.f144_count, "produced": stats["produced"],
+            "broker_cpu_cores": rounded((broker1 - broker0) / stats["seconds"])
+            if broker0 is not None and broker1 is not None else None}  # fmt: skip
 
 
-def baseline(setup: Setup, server: _ServerProcess, counters: Counters) -> dict[str, Any]:
-    """The bare EPICS client subscribing to the same PVs in its own process."""
+def baseline(
+    setup: Setup, server: _ServerProcess, counters: Counters, loaded_floor: bool
+) -> dict[str, Any]:
+    """The bare EPICS client subscribing to the same PVs in its own process.
+
+    With `loaded_floor`, the broker floor is then measured once more while that client keeps
+    receiving: on two shared cores the IOC's sending and the client's receiving slow the
+    broker down, and that part of the forwarder's latency is not the forwarder's doing.
+    """
     args = setup.args
     sub = BaselineSubscriber(args.protocol, counters, server.env)
     sub.start()
@@ -384,6 +395,7 @@ def baseline(setup: Setup, server: _ServerProcess, counters: Counters) -> dict[s
         g1 = server.command("counters")
         latency = sub.command("latency")
         latency.pop("ok", None)
+        loaded = broker_floor(setup, counters.count, counters.rate_hz) if loaded_floor else None
     finally:
         sub.stop()
     updates = s1["updates"] - s0["updates"]
@@ -396,6 +408,7 @@ def baseline(setup: Setup, server: _ServerProcess, counters: Counters) -> dict[s
         "baseline_loss_fraction": round(gaps / (updates + gaps), 6) if updates else None,
         "baseline_cpu_cores": round(cpu / seconds, 3),
         "baseline_latency_ms": latency,
+        "broker_floor_with_epics_load_ms": loaded,
     }
 
 
@@ -499,7 +512,7 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
         result["ca_server"] = args.ca_server
     with generator(setup, counters) as server:
         floor = None if args.no_floor else broker_floor(setup, args.pvs, args.rate)
-        base = {} if args.no_baseline else baseline(setup, server, counters)
+        base = {} if args.no_baseline else baseline(setup, server, counters, not args.no_floor)
         topic = unique_topic("bench_out")
         create_topic(setup.bootstrap, topic, args.partitions)
         recorder = Recorder(setup.bootstrap, topic, args.partitions).start()
@@ -535,6 +548,10 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
         **window,
         **facts,
     )
+    p99 = result["latency_ms"]["p99"]
+    loaded = result.get("broker_floor_with_epics_load_ms")
+    for key, probe in (("p99_above_floor_ms", floor), ("p99_above_loaded_floor_ms", loaded)):
+        result[key] = rounded(p99 - probe["p99"], 2) if probe and p99 is not None else None
     if profile is not None:
         result["profile"] = profile
     return result
