@@ -23,8 +23,12 @@ from forwarder.core.forwarding import NullReporter, Reporter
 log = logging.getLogger(__name__)
 
 #: Throughput-oriented defaults with bounded latency; every key can be overridden by -X.
+#: linger.ms 10 rather than librdkafka's 5: EPICS updates reach the forwarder spread over
+#: a few ms (not in one burst like a synthetic producer's), and at 5 ms the same data went
+#: out in about twice as many requests; measured on a 2-core host against the test broker,
+#: the broker spent ~0.15 cores more and p99 end-to-end latency was higher, p50 no lower.
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "linger.ms": 5,
+    "linger.ms": 10,
     "batch.num.messages": 10000,
     "batch.size": 4 * 1024 * 1024,
     "compression.type": "lz4",

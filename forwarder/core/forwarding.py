@@ -203,9 +203,7 @@ class Channel:
 
     # -- helpers ---------------------------------------------------------------------
     def connection_message(self, timestamp_ns: int) -> bytes:
-        return serialise_connection(
-            self.name, timestamp_ns, self.connection, self._core.service_id
-        )
+        return serialise_connection(self.name, timestamp_ns, self.connection, self._core.service_id)
 
 
 def _is_empty(value: Any) -> bool:
