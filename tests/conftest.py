@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.forwarder_process import ForwarderProcess
 from tests.support.kafka import (
     EXTERNAL_BROKER_ENV,
     TansuBroker,
@@ -50,3 +51,12 @@ def make_reader() -> Iterator[Callable[[str, str], TopicReader]]:
     yield factory
     for reader in readers:
         reader.close()
+
+
+@pytest.fixture
+def forwarders() -> Iterator[list[ForwarderProcess]]:
+    """Forwarder processes a test starts (append them); all closed when the test ends."""
+    started: list[ForwarderProcess] = []
+    yield started
+    for fp in started:
+        fp.close()

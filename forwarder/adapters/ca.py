@@ -324,10 +324,7 @@ class CaChannel:
         """Hot path: an update straight from the receive path (see module docstring)."""
         if self._closed:
             return
-        decode = self._fast_decode
-        if decode is None:
-            return
-        value, ts, severity, status = decode(payload, count)
+        value, ts, severity, status = self._fast_decode(payload, count)  # type: ignore[misc]
         self._listener.on_update(
             value,
             ts,
@@ -341,6 +338,9 @@ class CaChannel:
         self._scalar = count == 1
         self._convert = make_converter(response.data_type, response.data, self._scalar)
         self._data_type = response.data_type
+        # A registered fast path decodes the old type: drop it before the decoder changes
+        # (the caller registers again for the new type where there is a decoder).
+        self._clear_fast_path()
         self._fast_decode = make_fast_decoder(response.data_type, self._scalar)
 
     def _use_fast_path(self, sub: CaprotoSubscription, data_type: int) -> None:

@@ -27,6 +27,7 @@ from forwarder.adapters.ca import (
     status_text,
 )
 from forwarder.core.events import ConnectionState
+from tests.support.ca_wire import wire
 from tests.support.epics_servers import (
     CaprotoServer,
     CaRepeater,
@@ -256,10 +257,10 @@ def _slow_and_fast(
     metadata.secondsSinceEpoch = 1_000_000_007
     metadata.nanoSeconds = 123_456_789
     response = ca.EventAddResponse(values, data_type, len(values), 1, 3, metadata=metadata)
-    wire = bytes(response.header) + b"".join(bytes(b) for b in response.buffers)
+    data = wire([response])
     circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
     circuit._data = bytearray()
-    (parsed,), _ = _caproto_receive._linear_recv(circuit, wire)
+    (parsed,), _ = _caproto_receive._linear_recv(circuit, data)
     md = parsed.metadata
     slow = (
         make_converter(data_type, parsed.data, scalar)(parsed.data),
@@ -269,7 +270,7 @@ def _slow_and_fast(
     )
     decode = make_fast_decoder(data_type, scalar)
     assert decode is not None
-    return slow, decode(memoryview(wire)[16:], len(values))
+    return slow, decode(memoryview(data)[16:], len(values))
 
 
 @pytest.mark.parametrize(("data_type", "values"), FAST_CASES)

@@ -14,17 +14,9 @@ import pytest
 from caproto._dbr import DBR_TYPES
 
 from forwarder.adapters import _caproto_receive
+from tests.support.ca_wire import wire
 
 ORIGINAL_RECV = ca.VirtualCircuit.recv
-
-
-def _wire(commands: list[object]) -> bytes:
-    out = bytearray()
-    for command in commands:
-        out += bytes(command.header)  # type: ignore[attr-defined]
-        for buf in command.buffers:  # type: ignore[attr-defined]
-            out += bytes(buf)
-    return bytes(out)
 
 
 def _responses(n: int, seed: int) -> list[object]:
@@ -63,7 +55,7 @@ def _parse(recv: object, chunks: list[bytes]) -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_linear_recv_matches_caproto_for_any_split(seed: int) -> None:
-    stream = _wire(_responses(300, seed))
+    stream = wire(_responses(300, seed))
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, len(stream)), 40))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
@@ -78,7 +70,7 @@ def test_linear_recv_reports_disconnect_and_bytes_needed() -> None:
     circuit._data = bytearray()
     commands, needed = _caproto_receive._linear_recv(circuit, b"")
     assert list(commands) == [ca.DISCONNECTED] and needed == 0
-    stream = _wire(_responses(1, 0))
+    stream = wire(_responses(1, 0))
     commands, needed = _caproto_receive._linear_recv(circuit, stream[:5])
     assert not commands and needed == 16 - 5
     commands, needed = _caproto_receive._linear_recv(circuit, stream[5:])
@@ -155,7 +147,7 @@ def test_registered_updates_take_the_fast_path_in_order(seed: int) -> None:
             command = _update(5, [float(i)])
             commands.append(command)
             expected.append("fast")
-            fast_payloads.append(_wire([command])[16:])
+            fast_payloads.append(wire([command])[16:])
         elif pick == 1:  # another subscription: caproto's path
             commands.append(_update(6, [float(i)]))
             expected.append(("EventAddResponse", 6))
@@ -165,7 +157,7 @@ def test_registered_updates_take_the_fast_path_in_order(seed: int) -> None:
         else:
             commands.append(ca.EchoResponse())
             expected.append(("EchoResponse", None))
-    stream = _wire(commands)
+    stream = wire(commands)
     cuts = sorted(rng.sample(range(1, len(stream)), 60))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     circuit, seen = _fast_circuit()
@@ -182,13 +174,13 @@ def test_fast_path_needs_matching_type_status_and_registration() -> None:
     cancel = ca.EventAddResponse(data=(), data_type=ca.ChannelType.TIME_DOUBLE, data_count=0,
                                  status=1, subscriptionid=5)  # fmt: skip
     array = _update(5, [1.0, 2.0, 3.0])
-    stream = _wire([other_type, error, cancel, array])
+    stream = wire([other_type, error, cancel, array])
     assert _received_in_order(circuit, [stream]) == [
         ("EventAddResponse", 5), ("EventAddResponse", 5), ("EventAddResponse", 5), "fast",
     ]  # fmt: skip
     assert seen[0][2] == 3
     _caproto_receive.clear_fast_handler(circuit, 5)
-    assert _received_in_order(circuit, [_wire([array])]) == [("EventAddResponse", 5)]
+    assert _received_in_order(circuit, [wire([array])]) == [("EventAddResponse", 5)]
 
 
 def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None:
@@ -213,7 +205,7 @@ def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None
             processed.append(command)
 
     manager = Manager()
-    stream = _wire([_update(5, [1.0]), ca.EchoResponse(), _update(5, [2.0])])
+    stream = wire([_update(5, [1.0]), ca.EchoResponse(), _update(5, [2.0])])
     assert _caproto_receive._received(manager, stream, None) == 0
     assert calls == [1, 1] and [type(c).__name__ for c in processed] == ["EchoResponse"]
     assert manager.last_tcp_receipt > 0

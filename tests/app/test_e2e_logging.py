@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.integration
 
 #: One formatted record: "2024-01-01 12:00:00,123 LEVEL    logger: message".
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) +(?P<rest>.*)$")
-
-
-@pytest.fixture
-def forwarders() -> Iterator[list[ForwarderProcess]]:
-    started: list[ForwarderProcess] = []
-    yield started
-    for fp in started:
-        fp.close()
 
 
 def _levels(text: str) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,14 +24,6 @@ from tests.support.kafka import TansuBroker, TopicReader, free_port, produce, un
 pytestmark = pytest.mark.integration
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def forwarders() -> Iterator[list[ForwarderProcess]]:
-    started: list[ForwarderProcess] = []
-    yield started
-    for fp in started:
-        fp.close()
 
 
 def _get(port: int, path: str, timeout: float = 15) -> tuple[int, bytes]:

@@ -10,17 +10,17 @@ import json
 import socket
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from forwarder import __version__
-from forwarder.core.config_messages import UpdateKind, encode_config_message
+from forwarder.core.config_messages import UpdateKind
 from forwarder.core.streams import Protocol, StreamSpec
 from tests.support.epics_servers import CaRepeater, Record, SoftIoc, epics_env, free_port
-from tests.support.forwarder_process import ForwarderProcess
-from tests.support.kafka import Msg, TopicReader, create_topic, decode, produce, unique_topic
+from tests.support.forwarder_process import ForwarderProcess, send_config
+from tests.support.kafka import Msg, TopicReader, create_topic, decode, unique_topic
 
 pytestmark = pytest.mark.integration
 
@@ -76,19 +76,6 @@ def _stream(status: Status, channel: str) -> Status | None:
     return next((s for s in status["streams"] if s["channel_name"] == channel), None)
 
 
-def _send(bootstrap: str, topic: str, kind: UpdateKind, streams: list[StreamSpec]) -> None:
-    # One key: Tansu auto-creates 4 partitions, and only one partition keeps the order.
-    produce(bootstrap, topic, [encode_config_message(kind, streams)], key="config")
-
-
-@pytest.fixture
-def forwarders() -> Iterator[list[ForwarderProcess]]:
-    started: list[ForwarderProcess] = []
-    yield started
-    for fp in started:
-        fp.close()
-
-
 def test_status_fields_periodic_publication_and_stream_details(
     kafka_bootstrap: str,
     make_reader: Callable[[str, str], TopicReader],
@@ -105,7 +92,7 @@ def test_status_fields_periodic_publication_and_stream_details(
     assert fp.proc is not None
     data_topic = unique_topic("data")
     spec = StreamSpec("FAKE:STATUS:1", "f144", data_topic, Protocol.FAKE)
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [spec])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [spec])
 
     reader = make_reader(kafka_bootstrap, fp.status_topic)
     _, first = _wait_status(
@@ -202,7 +189,7 @@ def test_status_sent_right_after_each_config_change(
         reader.wait_for(lambda ms, n=seen: any(m.schema_id == "x5f2" for m in ms[n:]), 15)
         previous = max(m.timestamp_ms for m in reader.messages if m.schema_id == "x5f2")
         sent_ms = time.time() * 1000
-        _send(kafka_bootstrap, config_topic, kind, streams)
+        send_config(kafka_bootstrap, config_topic, kind, streams)
         # Broker timestamps and our clock are the same host's clock; allow a little skew.
         msg, _ = _wait_status(
             reader, lambda s, e=expected: channels(s) == e, timeout=15, since_ms=sent_ms - 50
@@ -237,7 +224,7 @@ def test_connection_state_follows_the_ioc(
             StreamSpec(value_pv, "f144", data_topic, protocol),
             StreamSpec(text_pv, "f144", data_topic, protocol),  # strings: f144 cannot
         ]
-        _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, streams)
+        send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, streams)
         reader = make_reader(kafka_bootstrap, fp.status_topic)
 
         def state(s: Status, pv: str = value_pv) -> str | None:

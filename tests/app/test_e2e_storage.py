@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from streaming_data_types.forwarder_config_update_rf5k import serialise_rf5k
 
 from forwarder.core.config_messages import UpdateKind, encode_config_message
 from forwarder.core.streams import Protocol, StreamSpec
-from tests.support.forwarder_process import ForwarderProcess
+from tests.support.forwarder_process import ForwarderProcess, send_config
 from tests.support.kafka import Msg, TopicReader, create_topic, decode, produce, unique_topic
 
 pytestmark = pytest.mark.integration
@@ -27,14 +27,6 @@ pytestmark = pytest.mark.integration
 Reader = Callable[[str, str], TopicReader]
 Status = dict[str, Any]
 FAKE_ARGS = ["--fake-pv-period", "100"]
-
-
-@pytest.fixture
-def forwarders() -> Iterator[list[ForwarderProcess]]:
-    started: list[ForwarderProcess] = []
-    yield started
-    for fp in started:
-        fp.close()
 
 
 def _start(
@@ -51,11 +43,6 @@ def _start(
     )
     forwarders.append(fp)
     return fp.start()
-
-
-def _send(bootstrap: str, topic: str, kind: UpdateKind, streams: list[StreamSpec]) -> None:
-    # One key: Tansu auto-creates 4 partitions, and only one partition keeps the order.
-    produce(bootstrap, topic, [encode_config_message(kind, streams)], key="config")
 
 
 def _newest_status(bootstrap: str, topic: str, since_ms: float, timeout: float = 15) -> Status:
@@ -124,35 +111,35 @@ def test_storage_topic_holds_the_whole_configuration_after_each_change(
     def row(spec: StreamSpec) -> tuple[str, str, str, int, bool]:
         return (spec.channel, spec.schema, spec.topic, int(spec.protocol), spec.periodic)
 
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [a, b])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [a, b])
     update = _storage_after(reader, 1)
     assert update.config_change == UpdateType.ADD
     assert rows(update) == {row(a), row(b)}
 
     # An incremental ADD is stored as the whole configuration, not as the increment.
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [c])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [c])
     update = _storage_after(reader, 2)
     assert update.config_change == UpdateType.ADD
     assert rows(update) == {row(a), row(b), row(c)}
 
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVE, [a])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVE, [a])
     update = _storage_after(reader, 3)
     assert rows(update) == {row(b), row(c)}
 
     # Same stream, other periodic flag: an update, stored with the new flag.
     b_periodic = StreamSpec(b.channel, b.schema, b.topic, b.protocol, periodic=True)
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [b_periodic])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [b_periodic])
     update = _storage_after(reader, 4)
     assert rows(update) == {row(b_periodic), row(c)}
 
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVEALL, [])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVEALL, [])
     update = _storage_after(reader, 5)
     assert update.config_change == UpdateType.REMOVEALL
     assert update.streams == []
     assert all(m.key == b"storage-test" for m in reader.messages)
     # A change that changes nothing (REMOVEALL of nothing) is not stored again.
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVEALL, [])
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [b])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVEALL, [])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [b])
     update = _storage_after(reader, 6)
     assert rows(update) == {row(b)}
     assert len(reader.messages) == 6, reader.summary()
@@ -167,8 +154,8 @@ def test_restart_restores_the_stored_configuration(
     a = StreamSpec("FAKE:RS:A", "f144", data, Protocol.FAKE, periodic=True)
     b = StreamSpec("FAKE:RS:B", "f144", data, Protocol.FAKE)
     removed = StreamSpec("FAKE:RS:GONE", "f144", data, Protocol.FAKE)
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [a, b, removed])
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVE, [removed])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [a, b, removed])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.REMOVE, [removed])
     make_reader(kafka_bootstrap, storage).wait_for(lambda ms: len(ms) >= 2, timeout=15)
     assert fp.stop() == 0
 
@@ -276,7 +263,7 @@ def test_empty_or_missing_storage_topic_starts_with_no_streams(
 
     # It is usable: the first change is forwarded and stored.
     spec = StreamSpec("FAKE:EMPTY:1", "f144", unique_topic("data"), Protocol.FAKE)
-    _send(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [spec])
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [spec])
     update = _storage_after(make_reader(kafka_bootstrap, storage), 1)
     assert update.config_change == UpdateType.ADD
     assert [s.channel for s in update.streams] == [spec.channel]

@@ -15,10 +15,20 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from forwarder.core.config_messages import UpdateKind, encode_config_message
+from forwarder.core.streams import StreamSpec
 from tests.support.epics_servers import REPO_ROOT, child_env
-from tests.support.kafka import TopicReader, decode, unique_topic
+from tests.support.kafka import TopicReader, decode, produce, unique_topic
 
 LAUNCHER = str(REPO_ROOT / "forwarder_launch.py")
+
+
+def send_config(bootstrap: str, topic: str, kind: UpdateKind, streams: list[StreamSpec]) -> None:
+    """One config message to `topic`, keyed so that successive ones keep their order.
+
+    One key: Tansu auto-creates 4 partitions, and only one partition keeps the order.
+    """
+    produce(bootstrap, topic, [encode_config_message(kind, streams)], key="config")
 
 
 class ForwarderProcess:
