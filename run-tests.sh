@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install-venv.sh
 echo "== ruff"; .venv/bin/python -m ruff check .
-echo "== mypy"; .venv/bin/python -m mypy forwarder
+echo "== mypy"; .venv/bin/python -m mypy forwarder benchmarks tests
 echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

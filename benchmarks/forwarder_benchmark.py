@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def forwarder(setup: Setup, env: dict[str, str], extra: list[str]) -> Iterator[F
     fwd = ForwarderProcess(
         setup.bootstrap,
         epics=env,
-        args=["--http-port", str(port), *extra],
+        args=["--http-port", str(port), *shlex.split(args.forwarder_args), *extra],
         status_interval_ms=args.status_interval,
         verbosity="Info",
     )
@@ -338,7 +339,18 @@ def measure(
 
 
 # -- phases --------------------------------------------------------------------------------
-def broker_floor(setup: Setup, pvs: int, rate: float) -> dict[str, Any]:
+@dataclass
+class FloorSample:
+    """One run of the bare producer probe: latencies (ms) and what it cost the broker."""
+
+    latency_ms: list[float]
+    produced: int
+    received: int
+    seconds: float
+    broker_cpu_s: float | None
+
+
+def probe_floor(setup: Setup, pvs: int, rate: float) -> FloorSample:
     """A bare producer -> the same consumer code, at the same message rate."""
     args = setup.args
     topic = unique_topic("bench_probe")
@@ -359,12 +371,34 @@ def broker_floor(setup: Setup, pvs: int, rate: float) -> dict[str, Any]:
         ts, _ = f144_time_and_value(a.value)
         if ts >= skip_ns:
             latency.append((a.recv_ns - ts) / 1e6)
+    return FloorSample(latency, stats["produced"], recorder.f144_count, stats["seconds"],
+                       broker1 - broker0 if broker0 is not None and broker1 is not None
+                       else None)  # fmt: skip
+
+
+def floor_summary(samples: list[FloorSample]) -> dict[str, Any]:
+    """Percentiles over every sample's latencies together (a floor measured before and
+    after the forwarder phase brackets it, so a host that slows down or speeds up during
+    the run does not bias the comparison), plus each sample's own p99."""
+    latency = [v for s in samples for v in s.latency_ms]
     p50, p99, pmax = percentiles(latency, (50, 99, 100))
-    return {"p50": p50, "p99": p99, "max": pmax,
-            "per_s": round(stats["produced"] / stats["seconds"], 1),
-            "received": recorder.f144_count, "produced": stats["produced"],
-            "broker_cpu_cores": rounded((broker1 - broker0) / stats["seconds"])
-            if broker0 is not None and broker1 is not None else None}  # fmt: skip
+    seconds = sum(s.seconds for s in samples)
+    cpu = [s.broker_cpu_s for s in samples]
+    result: dict[str, Any] = {
+        "p50": p50, "p99": p99, "max": pmax,
+        "per_s": round(sum(s.produced for s in samples) / seconds, 1),
+        "received": sum(s.received for s in samples),
+        "produced": sum(s.produced for s in samples),
+        "broker_cpu_cores": rounded(sum(c for c in cpu if c is not None) / seconds)
+        if None not in cpu else None,
+    }  # fmt: skip
+    if len(samples) > 1:
+        result["p99_each"] = [percentiles(s.latency_ms, (99,))[0] for s in samples]
+    return result
+
+
+def broker_floor(setup: Setup, pvs: int, rate: float) -> dict[str, Any]:
+    return floor_summary([probe_floor(setup, pvs, rate)])
 
 
 def baseline(
@@ -511,7 +545,7 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
     if args.protocol == "ca":
         result["ca_server"] = args.ca_server
     with generator(setup, counters) as server:
-        floor = None if args.no_floor else broker_floor(setup, args.pvs, args.rate)
+        floors = [] if args.no_floor else [probe_floor(setup, args.pvs, args.rate)]
         base = {} if args.no_baseline else baseline(setup, server, counters, not args.no_floor)
         topic = unique_topic("bench_out")
         create_topic(setup.bootstrap, topic, args.partitions)
@@ -529,6 +563,9 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
                 facts = process_facts(fwd)
         finally:
             recorder.stop()
+        if floors:  # again with no subscriber, as before: the floor brackets the window
+            floors.append(probe_floor(setup, args.pvs, args.rate))
+    floor = floor_summary(floors) if floors else None
     offered = window.pop("offered_per_s")
     result.update(
         offered_per_s=offered,
@@ -801,6 +838,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor-seconds", type=float, default=10.0)
     p.add_argument("--no-floor", action="store_true", help="skip the broker floor probe")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare-client phase")
+    p.add_argument(
+        "--forwarder-args",
+        default="",
+        metavar="ARGS",
+        help='extra forwarder command-line arguments, e.g. "-X linger.ms=5"',
+    )
     p.add_argument(
         "--profile",
         metavar="FILE",

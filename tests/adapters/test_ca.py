@@ -9,6 +9,7 @@ notices a (re)started IOC quickly.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from tests.support.ca_wire import wire
 from tests.support.epics_servers import (
     CaprotoServer,
     CaRepeater,
+    Counters,
     Record,
     SoftIoc,
     epics_env,
@@ -342,3 +344,53 @@ def test_updates_after_the_first_bypass_caproto(
         second.wait_value(9.5)
         assert all(u.value != 5.5 for u in second.updates)  # no stale replay
         assert fast_calls["T:AI"] == fast_before
+
+
+class _StallingCounterListener:
+    """Keeps every counter value; when `stall` is set, the next update sleeps on the
+    receive thread, as a forwarder whose process is descheduled would."""
+
+    def __init__(self, stall: threading.Event | None, stall_s: float) -> None:
+        self.values: list[int] = []
+        self._stall, self._stall_s = stall, stall_s
+
+    def on_update(self, value: Any, timestamp_ns: int, severity: int, status_message: str) -> None:
+        self.values.append(int(value))
+        if self._stall is not None and self._stall.is_set():
+            self._stall.clear()
+            time.sleep(self._stall_s)
+
+    def on_connection(self, state: ConnectionState, timestamp_ns: int) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_receive_thread_stalls_lose_no_update(
+    env: dict[str, str], monitors: CaMonitors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the receive thread sleeps, the IOC's updates wait in the socket; afterwards
+    they are read in a burst and the fast path must parse every one of them.  Reads are
+    capped at an odd size so that most of them end inside a message."""
+    monkeypatch.setattr(_caproto_receive, "MAX_TCP_READ", 997)
+    counters = Counters(20, 100.0, "STALL:", "DOUBLE")
+    stall = threading.Event()
+    with SoftIoc(counters=counters, env=env):
+        listeners = {
+            name: _StallingCounterListener(stall if i == 0 else None, 0.25)
+            for i, name in enumerate(counters.names())
+        }
+        for name, listener in listeners.items():
+            monitors.subscribe(name, listener)
+        deadline = time.monotonic() + 30
+        while not all(len(lst.values) > 10 for lst in listeners.values()):
+            assert time.monotonic() < deadline, "counters never arrived"
+            time.sleep(0.1)
+        for _ in range(8):
+            stall.set()
+            time.sleep(0.6)
+        time.sleep(0.5)
+    for name, listener in listeners.items():
+        values = listener.values[2:]  # the first is the value at subscription time
+        missing = [(a, b) for a, b in zip(values, values[1:], strict=False) if b != a + 1]
+        assert not missing, (name, missing[:5])
+        assert len(values) > 300, (name, len(values))

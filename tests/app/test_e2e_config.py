@@ -624,14 +624,20 @@ def test_periodic_resends(harness_factory: Callable[..., Harness], ioc_env: dict
             (plain, t_rf_off, rf),
             (plain, t_per_off, per),
         ):
-            h.reader(topic).wait_for(lambda ms, pv=pv: bool(f144_of(ms, pv)), WAIT)
+
+            def has_f144(ms: list[Any], pv: str = pv) -> bool:
+                return bool(f144_of(ms, pv))
+
+            h.reader(topic).wait_for(has_f144, WAIT)
         # Two more re-sends on each periodic stream after that: had the others been
         # re-sent, they would have been by now too.
         after = {t_per: f144_count(periodic, t_per, per), t_rf: f144_count(periodic, t_rf, rf)}
         for topic, pv in ((t_per, per), (t_rf, rf)):
-            periodic.reader(topic).wait_for(
-                lambda ms, pv=pv, n=after[topic]: len(f144_of(ms, pv)) >= max(3, n + 2), WAIT
-            )
+
+            def two_more(ms: list[Any], pv: str = pv, n: int = after[topic]) -> bool:
+                return len(f144_of(ms, pv)) >= max(3, n + 2)
+
+            periodic.reader(topic).wait_for(two_more, WAIT)
         for h, topic in ((periodic, t_noper), (plain, t_rf_off), (plain, t_per_off)):
             h.reader(topic).poll_messages(0.3)
         assert f144_count(periodic, t_noper, noper) == 1, "fc00 periodic=0 stream re-sent"

@@ -233,7 +233,11 @@ def test_verbosity_selects_what_is_logged(
         _add_fake_stream(kafka_bootstrap, fp, channel)
         produce(kafka_bootstrap, fp.config_topic, [b"not a config message at all"])
         _wait_streaming(kafka_bootstrap, fp, channel)
-        _wait_until(lambda fp=fp: "Ignored config message" in fp.log(), 20, "the error line")
+
+        def logged(fp: Any = fp) -> bool:
+            return "Ignored config message" in fp.log()
+
+        _wait_until(logged, 20, "the error line")
     for fp in runs.values():
         assert fp.stop() == 0
 

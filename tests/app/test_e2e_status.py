@@ -186,14 +186,20 @@ def test_status_sent_right_after_each_config_change(
         # Start right after a status message, so the next periodic one is ~5 s away.
         reader.poll_messages(0.2)
         seen = len(reader.messages)
-        reader.wait_for(lambda ms, n=seen: any(m.schema_id == "x5f2" for m in ms[n:]), 15)
+
+        def status_since(ms: list[Any], n: int = seen) -> bool:
+            return any(m.schema_id == "x5f2" for m in ms[n:])
+
+        reader.wait_for(status_since, 15)
         previous = max(m.timestamp_ms for m in reader.messages if m.schema_id == "x5f2")
         sent_ms = time.time() * 1000
         send_config(kafka_bootstrap, config_topic, kind, streams)
+
         # Broker timestamps and our clock are the same host's clock; allow a little skew.
-        msg, _ = _wait_status(
-            reader, lambda s, e=expected: channels(s) == e, timeout=15, since_ms=sent_ms - 50
-        )
+        def has_expected(s: Any, e: Any = expected) -> bool:
+            return bool(channels(s) == e)
+
+        msg, _ = _wait_status(reader, has_expected, timeout=15, since_ms=sent_ms - 50)
         assert msg.timestamp_ms - sent_ms < 2500, "status not sent right after the change"
         assert msg.timestamp_ms - previous < 4000, "only the periodic status showed the change"
 

@@ -29,13 +29,15 @@ def run_benchmark(*args: str) -> dict[str, object]:
 def test_throughput_mode_reports_every_figure(protocol: str) -> None:
     result = run_benchmark(
         "--protocol", protocol, "--pvs", "5", "--rate", "20", "--seconds", "3",
-        "--warmup", "1", "--floor-seconds", "3",
+        "--warmup", "1", "--floor-seconds", "3", "--forwarder-args", "-X linger.ms=10",
     )  # fmt: skip
     assert result["loss_fraction"] == 0.0 and result["errors"] == 0
     assert result["forwarded_per_s"] == pytest.approx(100, rel=0.2)
     for key in ("broker_floor_ms", "broker_floor_with_epics_load_ms", "latency_ms"):
         figures = result[key]
         assert isinstance(figures, dict) and figures["p99"] is not None, key
+    floor = result["broker_floor_ms"]
+    assert isinstance(floor, dict) and len(floor["p99_each"]) == 2  # before and after
     for key in ("forwarder_cpu_s_per_1000", "baseline_cpu_s_per_1000", "p99_above_floor_ms",
                 "p99_above_loaded_floor_ms", "peak_rss_mb", "threads"):  # fmt: skip
         assert isinstance(result[key], int | float), key

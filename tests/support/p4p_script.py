@@ -51,7 +51,9 @@ class CounterThread(CounterLoop):
     """Posts a counter to N PVs at R Hz from one thread.
 
     Raw Values of one prebuilt Type are posted (no NT wrapping), one fresh Value per post
-    because pvxs may still hold the previous one in subscriber queues.
+    because pvxs may still hold the previous one in subscriber queues.  Each post carries
+    its own time, as an IOC stamps each record when it processes: a latency measured from
+    it starts when the server had the value, not when the tick began.
     """
 
     def __init__(self, spec: dict[str, Any], provider: StaticProvider) -> None:
@@ -70,9 +72,9 @@ class CounterThread(CounterLoop):
         self.start()
 
     def post_all(self, tick: int) -> int:
-        update = {"value": self.cast(tick), "timeStamp": stamp(time.time())}
+        value, now = self.cast(tick), time.time
         for pv in self.pvs:
-            pv.post(Value(self.type, update))
+            pv.post(Value(self.type, {"value": value, "timeStamp": stamp(now())}))
         return len(self.pvs)
 
 
