@@ -7,6 +7,7 @@ libraries print to the C-level stdout, so fd 1 is pointed at stderr to keep the 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -77,23 +78,17 @@ def value_dtype(name: str) -> str:
     }[name.upper()]
 
 
-class CounterLoop:
-    """Paces a load generator: every `period` seconds `post_all(tick)` posts the tick
-    number to every PV; a tick that falls a whole period behind is skipped (counted in
-    `late`) instead of bursting.  Subclasses implement `post_all` and return how many
-    updates they posted."""
+class CounterPacing:
+    """Run state, statistics and pacing of a counter generator, whichever way it waits
+    (`CounterLoop` on a thread, caproto's asyncio task): every `period` seconds the tick
+    number is posted to every PV; a tick that falls a whole period behind is skipped
+    (counted in `late`) instead of bursting.  `run` is a threading or an asyncio Event."""
 
-    def __init__(self, rate_hz: float) -> None:
+    def __init__(self, rate_hz: float, run: threading.Event | asyncio.Event) -> None:
         self.period = 1.0 / float(rate_hz)
         self.ticks = self.posts = self.late = 0
         self.started = time.monotonic()
-        self._run = threading.Event()
-
-    def post_all(self, tick: int) -> int:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True, name="counters").start()
+        self._run = run
 
     def set_running(self, run: bool) -> None:
         if run and not self._run.is_set():
@@ -110,6 +105,29 @@ class CounterLoop:
         return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
                 "elapsed": time.monotonic() - self.started}  # fmt: skip
 
+    def next_due(self, due: float) -> tuple[float, float]:
+        """After a tick due at `due`: when the next is due and how long to wait for it."""
+        due += self.period
+        delay = due - time.monotonic()
+        if delay < -self.period:  # fell behind by a whole tick: drop, don't burst
+            self.late += 1
+            due = time.monotonic()
+        return due, max(delay, 0.0)
+
+
+class CounterLoop(CounterPacing):
+    """A counter generator on its own thread.  Subclasses implement `post_all(tick)` and
+    return how many updates they posted."""
+
+    def __init__(self, rate_hz: float) -> None:
+        super().__init__(rate_hz, threading.Event())
+
+    def post_all(self, tick: int) -> int:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="counters").start()
+
     def _loop(self) -> None:
         due = time.monotonic()
         while True:
@@ -118,10 +136,5 @@ class CounterLoop:
                 due = time.monotonic()
             self.ticks += 1
             self.posts += self.post_all(self.ticks)
-            due += self.period
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -self.period:  # fell behind by a whole tick: drop, don't burst
-                self.late += 1
-                due = time.monotonic()
+            due, delay = self.next_due(due)
+            time.sleep(delay)

@@ -25,7 +25,7 @@ from caproto import (
 )
 from caproto.asyncio.server import Context
 
-from tests.support._child import Child, value_dtype
+from tests.support._child import Child, CounterPacing, value_dtype
 
 ARRAY_CHANNEL: dict[str, type[ChannelData]] = {
     "DOUBLE": ChannelDouble, "FLOAT": ChannelFloat, "LONG": ChannelInteger,
@@ -62,11 +62,12 @@ def to_channel_value(spec: dict[str, Any], value: Any) -> Any:
     return value
 
 
-class Counters:
+class Counters(CounterPacing):
     """Writes a counter to N channels at R Hz from one asyncio task (verification hooks
     skipped: they cost more than the publish itself)."""
 
     def __init__(self, spec: dict[str, Any], pvdb: dict[str, ChannelData]) -> None:
+        super().__init__(spec["rate_hz"], asyncio.Event())
         make = ChannelInteger if spec["dtype"] == "LONG" else ChannelDouble
         self.cast = int if spec["dtype"] == "LONG" else float
         self.channels = []
@@ -74,28 +75,14 @@ class Counters:
             channel = make(value=self.cast(0))
             pvdb[f"{spec['prefix']}{i}"] = channel
             self.channels.append(channel)
-        self.period = 1.0 / float(spec["rate_hz"])
-        self.ticks = self.posts = self.late = 0
-        self.started = time.monotonic()
-        self.running = asyncio.Event()
-
-    def set_running(self, run: bool) -> None:
-        if run and not self.running.is_set():
-            self.started = time.monotonic()
-            self.ticks = self.posts = self.late = 0
-            self.running.set()
-        elif not run:
-            self.running.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "posts": self.posts, "late": self.late,
-                "elapsed": time.monotonic() - self.started}  # fmt: skip
 
     async def loop(self) -> None:
         due = time.monotonic()
+        run = self._run
+        assert isinstance(run, asyncio.Event)
         while True:
-            if not self.running.is_set():
-                await self.running.wait()
+            if not run.is_set():
+                await run.wait()
                 due = time.monotonic()
             self.ticks += 1
             value = self.cast(self.ticks)
@@ -104,12 +91,8 @@ class Counters:
                 await channel.write(value, timestamp=now, verify_value=False,
                                     update_fields=False)  # fmt: skip
             self.posts += len(self.channels)
-            due += self.period
-            delay = due - time.monotonic()
-            if delay < -self.period:  # fell behind by a whole tick: drop, don't burst
-                self.late += 1
-                due = time.monotonic()
-            await asyncio.sleep(max(delay, 0.0))
+            due, delay = self.next_due(due)
+            await asyncio.sleep(delay)
 
 
 def main() -> None:
