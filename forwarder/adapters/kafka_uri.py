@@ -40,8 +40,9 @@ class KafkaUri:
         return f"{creds}{self.bootstrap}{topic}"
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
-    """Split one ``host:port`` (``[v6addr]:port`` allowed); shared with Graylog addresses."""
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split one ``host:port`` (``[v6addr]:port`` allowed); shared with Graylog and Carbon
+    addresses.  Without `default_port` the port is mandatory."""
     item = text.strip()
     if not item:
         raise ValueError("empty address (expected host:port)")
@@ -49,12 +50,16 @@ def parse_host_port(text: str) -> tuple[str, int]:
         host, sep, rest = item[1:].partition("]")
         if not sep or not host:
             raise ValueError(f"malformed IPv6 address in {item!r} (expected [addr]:port)")
+        if not rest and default_port is not None:
+            return host, default_port
         if not rest.startswith(":"):
             raise ValueError(f"missing port in {item!r} (expected [addr]:port)")
         port_text = rest[1:]
     else:
         host, sep, port_text = item.rpartition(":")
-        if not sep:
+        if not sep and default_port is not None:
+            host, port_text = item, str(default_port)
+        elif not sep:
             raise ValueError(f"missing port in {item!r} (expected host:port)")
         if not host:
             raise ValueError(f"missing host in {item!r} (expected host:port)")

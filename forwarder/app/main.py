@@ -8,77 +8,40 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 from forwarder import __version__
-from forwarder.adapters.kafka_uri import KafkaUri, librdkafka_config, redact
-from forwarder.app.cli import Options, parse_args
+from forwarder.adapters.kafka_uri import redact
+from forwarder.app.cli import parse_args
 from forwarder.app.logging_setup import LoggingSetupError, setup_logging
-from forwarder.app.service import ForwarderService, ServiceSettings
+from forwarder.app.service import ForwarderService
 
 log = logging.getLogger("forwarder")
 
 
-def settings_from_options(opts: Options) -> ServiceSettings:
-    """Resolve URIs and passwords into librdkafka configs for each Kafka client."""
-
-    def conf(uri: KafkaUri, password: str | None) -> dict[str, Any]:
-        return librdkafka_config(
-            uri,
-            password,
-            security_protocol=opts.security_protocol,
-            ssl_ca_file=opts.ssl_ca_cert_file,
-            extra=opts.kafka_options,
-        )
-
-    status_conf = (
-        conf(opts.status_topic, opts.status_topic_sasl_password) if opts.status_topic else None
-    )
-    storage_conf = (
-        conf(opts.storage_topic, opts.storage_topic_sasl_password) if opts.storage_topic else None
-    )
-    return ServiceSettings(
-        output_config=conf(opts.output_broker, opts.output_broker_sasl_password),
-        config_config=conf(opts.config_topic, opts.config_topic_sasl_password),
-        config_topic=opts.config_topic.topic or "",
-        status_config=status_conf,
-        status_topic=opts.status_topic.topic if opts.status_topic else None,
-        storage_config=storage_conf,
-        storage_topic=opts.storage_topic.topic if opts.storage_topic else None,
-        skip_retrieval=opts.skip_retrieval,
-        pv_update_period_ms=opts.pv_update_period,
-        fake_pv_period_ms=opts.fake_pv_period,
-        status_interval_ms=opts.status_interval,
-        service_id=opts.service_id,
-        use_receive_time=opts.stale_timestamps == "receive-time",
-        producer_queue_max_messages=opts.producer_queue_max_messages,
-        version=__version__,
-        http_port=opts.http_port,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
+    settings = parse_args(argv)
     try:
         setup_logging(
-            opts.verbosity,
-            opts.log_file,
-            opts.graylog_logger_address,
-            opts.service_id,
-            secrets=opts.secrets(),
+            settings.verbosity,
+            settings.log_file,
+            settings.graylog_logger_address,
+            settings.service_id,
+            secrets=settings.secrets(),
         )
     except LoggingSetupError as err:
         print(f"forwarder: error: {err}", file=sys.stderr)
         return 2
+    log.info("forwarder %s starting as service %r", __version__, settings.service_id)
+    for note in settings.environment_notes:
+        log.info("Environment: %s", note)
     try:
-        settings = settings_from_options(opts)
+        output_config = settings.output_endpoint.librdkafka_config()
     except ValueError as err:
         print(f"forwarder: error: {err}", file=sys.stderr)
         return 2
-    log.info("forwarder %s starting as service %r", __version__, opts.service_id)
-    log.debug("output producer config: %s", redact(settings.output_config))
+    log.debug("output producer config: %s", redact(output_config))
 
-    service = ForwarderService(settings)
+    service = ForwarderService(settings, version=__version__)
     stop = service.stop_event
 
     # A watchdog: whatever hangs in start-up or shutdown, exit within the promised 5 seconds

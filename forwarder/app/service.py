@@ -17,9 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from forwarder.adapters.kafka_config import ConfigTopicConsumer, TopicWriter, read_topic_to_end
+from forwarder.adapters.kafka_endpoint import KafkaEndpoint
 from forwarder.adapters.kafka_producer import KafkaSink
 from forwarder.app.logging_setup import TRACE
 from forwarder.app.reporting import LogReporter
+from forwarder.app.settings import Settings
 from forwarder.core.config_messages import (
     ConfigCommand,
     ConfigMessageError,
@@ -43,47 +45,6 @@ SOFTWARE_NAME = "forwarder"
 #: at most every _MIN_WAIT_S when timers are pending.
 _MAX_WAIT_S = 0.1
 _MIN_WAIT_S = 0.02
-
-
-class ServiceSettings:
-    """What the service needs from the command line, resolved into librdkafka configs."""
-
-    def __init__(
-        self,
-        *,
-        output_config: dict[str, Any],
-        config_config: dict[str, Any],
-        config_topic: str,
-        status_config: dict[str, Any] | None = None,
-        status_topic: str | None = None,
-        storage_config: dict[str, Any] | None = None,
-        storage_topic: str | None = None,
-        skip_retrieval: bool = False,
-        pv_update_period_ms: int | None = None,
-        fake_pv_period_ms: int = 1000,
-        status_interval_ms: int = 4000,
-        service_id: str = "forwarder",
-        use_receive_time: bool = False,
-        producer_queue_max_messages: int = 1_000_000,
-        version: str = "0+unknown",
-        http_port: int | None = None,
-    ) -> None:
-        self.http_port = http_port
-        self.output_config = output_config
-        self.config_config = config_config
-        self.config_topic = config_topic
-        self.status_config = status_config
-        self.status_topic = status_topic
-        self.storage_config = storage_config
-        self.storage_topic = storage_topic
-        self.skip_retrieval = skip_retrieval
-        self.pv_update_period_ms = pv_update_period_ms
-        self.fake_pv_period_ms = fake_pv_period_ms
-        self.status_interval_ms = status_interval_ms
-        self.service_id = service_id
-        self.use_receive_time = use_receive_time
-        self.producer_queue_max_messages = producer_queue_max_messages
-        self.version = version
 
 
 def process_start_ms() -> int:
@@ -122,14 +83,21 @@ def _make_monitors(protocol: Protocol, fake_period_ms: int) -> Monitors:
     return FakeMonitors(fake_period_ms)
 
 
+def _writer(endpoint: KafkaEndpoint | None) -> TopicWriter | None:
+    if endpoint is None or endpoint.topic is None:
+        return None
+    return TopicWriter(endpoint.librdkafka_config(), endpoint.topic)
+
+
 class ForwarderService:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: Settings, version: str = "0+unknown") -> None:
         self.settings = settings
+        self.version = version
         self.counters = ProcessCounters()
         self.reporter = LogReporter(log)
         self.stop_event = threading.Event()
         self.sink = KafkaSink(
-            settings.output_config,
+            settings.output_endpoint.librdkafka_config(),
             self.counters,
             self.reporter,
             queue_max_messages=settings.producer_queue_max_messages,
@@ -145,20 +113,12 @@ class ForwarderService:
         )
         self.registry = StreamRegistry()
         self.timers = Timers()
-        period = settings.pv_update_period_ms
+        period = settings.pv_update_period
         self.resends: ResendSchedule[StreamOutput] | None = (
             ResendSchedule(period * 1_000_000, self._last_sent_of) if period else None
         )
-        self.status_writer = (
-            TopicWriter(settings.status_config or {}, settings.status_topic)
-            if settings.status_topic
-            else None
-        )
-        self.storage_writer = (
-            TopicWriter(settings.storage_config or {}, settings.storage_topic)
-            if settings.storage_topic
-            else None
-        )
+        self.status_writer = _writer(settings.status_endpoint)
+        self.storage_writer = _writer(settings.storage_endpoint)
         self.config_consumer: ConfigTopicConsumer | None = None
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -176,10 +136,10 @@ class ForwarderService:
     def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
         monitors = self.monitors.get(protocol)
         if monitors is None:
-            monitors = _make_monitors(protocol, self.settings.fake_pv_period_ms)
+            monitors = _make_monitors(protocol, self.settings.fake_pv_period)
             self.monitors[protocol] = monitors
             if protocol == Protocol.FAKE:
-                period_ns = self.settings.fake_pv_period_ms * 1_000_000
+                period_ns = self.settings.fake_pv_period * 1_000_000
                 tick: Callable[[int], None] = monitors.tick  # type: ignore[attr-defined]
                 self.timers.every(period_ns, lambda _now: tick(time.time_ns()), time.monotonic_ns())
         return monitors.subscribe(name, channel)
@@ -285,11 +245,10 @@ class ForwarderService:
         """Apply the last valid configuration in the storage topic (newest first)."""
         if self.storage_topic_unusable():
             return
-        assert self.settings.storage_topic is not None
+        storage = self.settings.storage_endpoint
+        assert storage is not None and storage.topic is not None
         try:
-            messages = read_topic_to_end(
-                self.settings.storage_config or {}, self.settings.storage_topic
-            )
+            messages = read_topic_to_end(storage.librdkafka_config(), storage.topic)
         except ConnectionError as err:
             log.error("Configuration not restored: %s", err)
             return
@@ -348,11 +307,11 @@ class ForwarderService:
 
         payload = serialise_x5f2(
             SOFTWARE_NAME,
-            self.settings.version,
+            self.version,
             self.settings.service_id,
             self.host,
             self.pid,
-            self.settings.status_interval_ms,
+            self.settings.status_interval,
             text,
         )
         self.status_writer.write(payload, key=self.settings.service_id.encode())
@@ -360,13 +319,14 @@ class ForwarderService:
     # -- main loop ----------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        config = s.config_endpoint
         self.config_consumer = ConfigTopicConsumer(
-            s.config_config, s.config_topic, start_ms=process_start_ms()
+            config.librdkafka_config(), config.topic or "", start_ms=process_start_ms()
         )
         if not s.skip_retrieval and s.storage_topic:
             self.restore_configuration()
         self.timers.every(
-            s.status_interval_ms * 1_000_000, lambda _n: self.publish_status(), time.monotonic_ns()
+            s.status_interval * 1_000_000, lambda _n: self.publish_status(), time.monotonic_ns()
         )
         if s.http_port is not None:
             self.start_metrics_server(s.http_port)

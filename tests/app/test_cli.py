@@ -1,4 +1,4 @@
-"""Command line / environment / config file parsing into validated `Options`."""
+"""Command line / environment / config file parsing into validated `Settings`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from forwarder.adapters.kafka_endpoint import Secret
 from forwarder.adapters.kafka_uri import KafkaUri
-from forwarder.app.cli import DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES, Options, parse_args
+from forwarder.app.cli import parse_args
+from forwarder.app.settings import DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES, Settings, option_fields
 
 REQUIRED = ["--config-topic", "localhost:9092/config", "--output-broker", "localhost:9092"]
 SECRET = "hunter2-secret"
@@ -24,6 +26,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("FORWARDER_"):
             monkeypatch.delenv(name)
+    for f in option_fields():  # and the ESS forwarder's names
+        if f.metadata["option"].ess_env:
+            monkeypatch.delenv(f.metadata["option"].ess_env, raising=False)
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
     yield
 
 
@@ -52,7 +58,7 @@ def test_minimal_arguments_give_documented_defaults() -> None:
     assert opts.stale_timestamps == "drop"
     assert opts.pv_update_period is None and opts.http_port is None
     assert opts.skip_retrieval is False
-    assert dict(opts.kafka_options) == {}
+    assert dict(opts.kafka_config) == {}
     assert opts.producer_queue_max_messages == DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES
     assert opts.secrets() == ()
 
@@ -90,8 +96,11 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
     assert opts.status_topic == KafkaUri("b1:9092", "status", "PLAIN", "st")
     assert opts.output_broker == KafkaUri("b3:9094", None, "SCRAM-SHA-512", "out")
     assert opts.storage_topic == KafkaUri("b1:9092", "storage")
-    assert (opts.config_topic_sasl_password, opts.status_topic_sasl_password) == ("p1", "p2")
-    assert opts.output_broker_sasl_password == "p3"
+    assert (opts.config_topic_sasl_password, opts.status_topic_sasl_password) == (
+        Secret("p1"),
+        Secret("p2"),
+    )
+    assert opts.output_broker_sasl_password == Secret("p3")
     assert opts.skip_retrieval is True
     assert opts.graylog_logger_address == "graylog:12201"
     assert opts.log_file == str(tmp_path / "f.log")
@@ -102,7 +111,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
     assert opts.http_port == 8000
     assert opts.ssl_ca_cert_file == str(ca)
     assert opts.security_protocol == "SASL_SSL"
-    assert dict(opts.kafka_options) == {"linger.ms": "5", "message.max.bytes": "2000000"}
+    assert dict(opts.kafka_config) == {"linger.ms": "5", "message.max.bytes": "2000000"}
     assert opts.producer_queue_max_messages == 5000
     assert sorted(opts.secrets()) == ["p1", "p2", "p3"]
 
@@ -117,10 +126,10 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     opts = parse_args([])
     assert opts.config_topic.bootstrap == "env:1"
     assert opts.output_broker.username == "u"
-    assert opts.output_broker_sasl_password == SECRET
+    assert opts.output_broker_sasl_password == Secret(SECRET)
     assert opts.skip_retrieval is True
     assert opts.verbosity == "Trace"
-    assert dict(opts.kafka_options) == {"linger.ms": "1", "acks": "all"}
+    assert dict(opts.kafka_config) == {"linger.ms": "1", "acks": "all"}
 
 
 def test_config_file_with_comments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +149,7 @@ def test_config_file_with_comments(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert opts.output_broker == KafkaUri("file:2")
     assert opts.skip_retrieval is True
     assert opts.verbosity == "Warning"
-    assert dict(opts.kafka_options) == {"linger.ms": "3"}
+    assert dict(opts.kafka_config) == {"linger.ms": "3"}
     monkeypatch.setenv("FORWARDER_CONFIG_FILE", str(path))
     assert parse_args([]) == opts
 
@@ -173,7 +182,7 @@ def test_repr_hides_passwords() -> None:
     for text in (repr(opts), str(opts), f"{opts}"):
         assert SECRET not in text
         assert "***" in text and "linger.ms" in text and "PLAIN\\\\user@h:1" in text
-    assert isinstance(opts, Options)
+    assert isinstance(opts, Settings)
     assert SECRET in opts.secrets()
 
 
