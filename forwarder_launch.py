@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start the forwarder; see `forwarder_launch.py --help` and README.md."""
+"""Start the forwarder; see `forwarder_launch.py --help` and docs/reference/options.md."""
 
 import sys
 from pathlib import Path

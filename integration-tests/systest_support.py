@@ -41,7 +41,7 @@ def launch_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def write_config_file(path: Path, settings: Mapping[str, str]) -> Path:
-    """A `key = value` file as documented in README.md (and config-files/forwarder.conf)."""
+    """A `key = value` file as in docs/reference/options.md (and config-files/forwarder.conf)."""
     lines = ["# forwarder configuration written by the system tests"]
     lines += [f"{key} = {value}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: 20; p99 end-to-end latency was lowest at 15 and p50 no higher than at 10 (that broker's
 #: own delivery delay, 7-18 ms for a lone message, dominates p50).  On a broker with idle
 #: cores that hands data to consumers at once, the linger shows in p50 instead: see the
-#: README for -X linger.ms=5.
+#: docs/explanation/design-decisions.md for -X linger.ms=5.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 15,
     "batch.num.messages": 10000,

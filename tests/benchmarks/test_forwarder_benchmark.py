@@ -1,6 +1,6 @@
-"""Smoke test of the benchmark program: it must keep running and reporting what the README
-says.  Tiny loads only; the figures themselves are not asserted (tests check behaviour,
-not timings)."""
+"""Smoke test of the benchmark program: it must keep running and reporting what
+benchmarks/README.md says.  Tiny loads only; the figures themselves are not asserted (tests
+check behaviour, not timings)."""
 
 from __future__ import annotations
 
