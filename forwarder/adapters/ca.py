@@ -32,10 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import caproto as ca
 import numpy as np
 from caproto import CLIENT, CLOSED, AlarmStatus, ChannelType, LocalProtocolError, SubscriptionType
 from caproto._dbr import DBR_TYPES
-from caproto.threading.client import PV, Context, SharedBroadcaster
+from caproto.threading.client import PV, SEARCH_MAX_DATAGRAM_BYTES, Context, SharedBroadcaster
 from caproto.threading.client import Subscription as CaprotoSubscription
 
 from forwarder.adapters import _caproto_receive
@@ -146,6 +147,29 @@ def make_fast_decoder(data_type: int, scalar: bool) -> FastDecoder | None:
     return decode_array
 
 
+#: Room for one search request in a datagram (caproto batches searches into datagrams of
+#: at most this many bytes, after a version request).
+_MAX_SEARCH_BYTES = SEARCH_MAX_DATAGRAM_BYTES - len(
+    ca.VersionRequest(0, ca.DEFAULT_PROTOCOL_VERSION)
+)
+
+
+def unsearchable_reason(name: str) -> str | None:
+    """Why `name` cannot be searched for over CA (None if it can).
+
+    caproto builds search requests on its search-retry thread; a name it refuses there
+    (a record part over 59 characters) raises on that thread and ends it, and with it
+    every later search of the process.  So names are checked here, the same way, first.
+    """
+    try:
+        request = ca.SearchRequest(name, 0, ca.DEFAULT_PROTOCOL_VERSION)
+    except Exception as err:  # noqa: BLE001 - whatever caproto refuses, we refuse
+        return str(err)
+    if len(request) > _MAX_SEARCH_BYTES:
+        return f"a search request for it would not fit a datagram ({len(request)} bytes)"
+    return None
+
+
 class _LateResponseFilter(logging.Filter):
     """Drops caproto's warning, with a traceback, about a response that arrives for a
     channel already closed on our side.
@@ -200,10 +224,65 @@ class _Broadcaster(SharedBroadcaster):  # type: ignore[misc]
         # Set before super().__init__(): its threads may report a beacon at once.
         self._follow_up_cond = threading.Condition()
         self._follow_ups: list[float] = []
+        self._failing_addresses: set[tuple[str, int]] = set()
         super().__init__()
         threading.Thread(
             target=self._follow_up_loop, daemon=True, name="ca-search-follow-up"
         ).start()
+
+    def search(self, results_queue: Any, names: Any, *, timeout: float = 2) -> None:
+        """Queue searches, leaving out names a search request cannot carry (see
+        `unsearchable_reason`): one such name would end the search-retry thread."""
+        good = []
+        for name in names:
+            reason = unsearchable_reason(name)
+            if reason is None:
+                good.append(name)
+            else:
+                _log.error("Not searching for CA channel %r: %s", name, reason)
+        super().search(results_queue, good, timeout=timeout)
+
+    def _retry_unanswered_searches(self) -> None:
+        """caproto's search-retry loop, restarted if anything escapes it.
+
+        Anything raised there ends the thread, and with it every search of the process:
+        no PV added later connects, no disconnected PV comes back.  Names that cannot be
+        searched are dropped before the restart; the pause keeps a persistent failure
+        from spinning.
+        """
+        while not self._close_event.is_set():
+            try:
+                super()._retry_unanswered_searches()
+                return
+            except Exception:  # noqa: BLE001 - this thread must outlive any one failure
+                _log.exception("CA search-retry loop failed; restarting it")
+                with self._search_lock:
+                    for search_id, item in list(self.unanswered_searches.items()):
+                        if unsearchable_reason(item[0]) is not None:
+                            del self.unanswered_searches[search_id]
+                self._close_event.wait(0.5)
+
+    def send(self, *commands: Any) -> None:
+        """Send search datagrams to every address of the address list.
+
+        caproto's own version raises at the first address that refuses the datagram
+        (ENETUNREACH, EPERM, ...), so one bad entry of EPICS_CA_ADDR_LIST skipped every
+        address after it and ended the search-retry thread.  Here a failing address is
+        logged (once until it works again) and the others still get the search.
+        """
+        data = self.broadcaster.send(*commands)
+        for address in ca.get_client_address_list():
+            sock = self.udp_sock
+            if sock is None:
+                return
+            try:
+                sock.sendto(data, address)
+            except OSError as err:
+                if address not in self._failing_addresses:
+                    self._failing_addresses.add(address)
+                    _log.warning("CA search to %s:%d failed: %s", *address, err)
+            else:
+                self._failing_addresses.discard(address)
 
     def _new_server_found(self) -> None:
         super()._new_server_found()
@@ -372,10 +451,15 @@ class CaChannel:
         if self._closed:
             return
         self._closed = True
-        self._clear_fast_path()
-        self._sub.remove_callback(self._sub_token)
-        self._pv.connection_state_callback.remove_callback(self._conn_token)
-        self._monitors._release(self)
+        try:
+            self._clear_fast_path()
+            # May send a cancel on the circuit's socket, which can raise (a stalled
+            # server's full socket: BlockingIOError; a vanished one: EPIPE, ECONNRESET).
+            self._sub.remove_callback(self._sub_token)
+        finally:
+            # Whatever the socket did, this channel is forgotten (and the caller told).
+            self._pv.connection_state_callback.remove_callback(self._conn_token)
+            self._monitors._release(self)
 
 
 class CaMonitors:
@@ -401,6 +485,9 @@ class CaMonitors:
         with self._lock:
             if self._closed:
                 raise RuntimeError("CaMonitors is closed")
+            reason = unsearchable_reason(channel)
+            if reason is not None:
+                raise ValueError(f"CA channel {channel!r} cannot be searched for: {reason}")
             (pv,) = self._context.get_pvs(channel, timeout=None)
             if channel in self._searches_cancelled:
                 self._searches_cancelled.discard(channel)

@@ -75,6 +75,11 @@ class ForwarderCollector:
             ("forwarder_updates_forwarded", c.updates_forwarded, "EPICS updates forwarded"),
             ("forwarder_empty_updates", c.empty_updates, "Empty array updates not forwarded"),
             ("forwarder_resends", c.resends, "Periodic re-sends of a stream's last value"),
+            (
+                "forwarder_monitor_stop_errors",
+                c.monitor_stop_errors,
+                "EPICS monitors that raised while being stopped",
+            ),
             ("forwarder_messages_produced", c.messages_produced, "Messages handed to Kafka"),
         ):
             m = CounterMetricFamily(name, doc)

@@ -258,6 +258,12 @@ def _add_or_replace_command(
     return ConfigCommand(kind, streams=list(valid.values()), schema_id=schema_id, rejected=rejected)
 
 
+#: Longest record name (the part before the first ".") a CA search can carry: EPICS 3.14
+#: on, enforced by caproto and RSRV.  Checked at ADD so that such a stream is rejected
+#: with its reason (and never stored) rather than failing at every start.
+CA_MAX_RECORD_NAME = 59
+
+
 def _problems(channel: str, schema: str, topic: str, protocol: int) -> list[str]:
     """Every reason the stream cannot be forwarded, so the operator fixes them in one go."""
     problems = []
@@ -265,6 +271,11 @@ def _problems(channel: str, schema: str, topic: str, protocol: int) -> list[str]
         problems.append("channel is empty")
     elif " " in channel or not channel.isprintable():
         problems.append("channel contains whitespace or control characters")
+    if protocol == Protocol.CA and len(channel.partition(".")[0]) > CA_MAX_RECORD_NAME:
+        problems.append(
+            f"CA record names are limited to {CA_MAX_RECORD_NAME} characters "
+            f"(this one has {len(channel.partition('.')[0])}); CA cannot search for it"
+        )
     if schema not in VALUE_SCHEMAS:
         problems.append(f"schema must be one of {', '.join(VALUE_SCHEMAS)}")
     if not topic:

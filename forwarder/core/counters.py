@@ -33,6 +33,8 @@ class ProcessCounters:
     empty_updates: int = 0
     resends: int = 0
     messages_produced: int = 0
+    #: Monitors that raised while being stopped (REMOVE, shutdown); the change went on.
+    monitor_stop_errors: int = 0
     drops: dict[Drop, int] = field(default_factory=lambda: {d: 0 for d in Drop})
 
     def drop(self, reason: Drop, n: int = 1) -> None:
@@ -45,5 +47,6 @@ class ProcessCounters:
             "empty_updates": self.empty_updates,
             "resends": self.resends,
             "messages_produced": self.messages_produced,
+            "monitor_stop_errors": self.monitor_stop_errors,
             "dropped": {d.value: n for d, n in self.drops.items()},
         }

@@ -303,7 +303,22 @@ class ForwardingCore:
         if not channel.outputs:
             del self.channels[ckey]
             if channel.subscription is not None:
-                self.subscribers.unsubscribe(channel.subscription)
+                self._unsubscribe(channel)
+
+    def _unsubscribe(self, channel: Channel) -> None:
+        """Stop a PV's monitor.  A failure (the socket of a stalled or vanished server:
+        BlockingIOError, EPIPE, ECONNRESET, a race with a disconnect) is counted and
+        reported, never raised: the configuration change it is part of must go on (and
+        reach the storage topic), and the stream is gone either way."""
+        try:
+            self.subscribers.unsubscribe(channel.subscription)
+        except Exception as err:  # noqa: BLE001 - one monitor must not stop the change
+            self.counters.monitor_stop_errors += 1
+            self.reporter.problem(
+                f"unsubscribe:{channel.name}",
+                f"{channel.name}: stopping the {channel.protocol.name} monitor failed "
+                f"({err!r}); the stream is removed anyway",
+            )
 
     def channel_of(self, out: StreamOutput) -> Channel | None:
         return self.channels.get((out.spec.protocol, out.spec.channel))
@@ -346,9 +361,6 @@ class ForwardingCore:
         for channel in list(self.channels.values()):
             channel.outputs = ()  # late callbacks during shutdown forward nothing
             if channel.subscription is not None:
-                try:
-                    self.subscribers.unsubscribe(channel.subscription)
-                except Exception:  # noqa: BLE001 - shutdown must go on
-                    pass
+                self._unsubscribe(channel)  # shutdown goes on past a failure
         self.channels.clear()
         self.outputs.clear()

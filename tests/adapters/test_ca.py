@@ -394,3 +394,84 @@ def test_receive_thread_stalls_lose_no_update(
         missing = [(a, b) for a, b in zip(values, values[1:], strict=False) if b != a + 1]
         assert not missing, (name, missing[:5])
         assert len(values) > 300, (name, len(values))
+
+
+# -- one bad PV or one failing socket must not stop the others ---------------------------
+def test_name_too_long_to_search_for_is_refused_and_others_still_connect(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    """caproto refuses record names over 59 characters in a search request, on its
+    search-retry thread: such a name used to end that thread, so no PV subscribed after
+    it ever connected."""
+    too_long = "T:" + "L" * 58
+    with pytest.raises(ValueError, match="59-character limit"):
+        monitors.subscribe(too_long, RecordingListener())
+    # Had it been queued anyway (the adapter's check bypassed), the search-retry loop
+    # drops it and goes on.
+    with monitors._broadcaster._search_lock:
+        monitors._broadcaster.unanswered_searches[10**9] = [too_long, None, 0, time.monotonic()]
+    monitors._broadcaster.search_now()
+    time.sleep(0.3)  # the retry loop builds its requests (and failed on this one)
+    with SoftIoc(SCALARS, env=env) as ioc:
+        listener = subscribe(monitors, "T:AI")["T:AI"]
+        assert listener.wait_update(timeout=15).value == 1.5
+        ioc.put("T:AI", 2.5)
+        listener.wait_value(2.5)
+    retry = monitors._broadcaster._retry_unanswered_searches_thread
+    assert retry is not None and retry.is_alive()
+    assert all(item[0] != too_long for item in monitors._broadcaster.unanswered_searches.values())
+
+
+def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    """Cancelling a subscription writes to the circuit's (non-blocking) socket; an IOC
+    that stopped reading fills it and the write raises BlockingIOError.  The core counts
+    and reports that; the REMOVE itself completes, and the other PV keeps forwarding."""
+    import signal
+    import socket
+
+    from forwarder.core.forwarding import ForwardingCore, Subscribers
+    from forwarder.core.streams import Protocol, StreamSpec
+    from forwarder.core.timestamps import TimestampPolicy
+    from tests.core.test_forwarding import RecordingReporter, RecordingSink
+
+    sink, reporter = RecordingSink(), RecordingReporter()
+    core = ForwardingCore(
+        sink,
+        TimestampPolicy(),
+        "svc",
+        Subscribers(lambda _p, name, ch: monitors.subscribe(name, ch), lambda sub: sub.close()),
+        reporter=reporter,
+    )
+    stalled = StreamSpec("T:AI", "f144", "t", Protocol.CA)
+    with SoftIoc(SCALARS, env=env) as ioc:
+        core.add_stream(stalled)
+        deadline = time.monotonic() + 15
+        while not sink.of(b"f144") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.of(b"f144")
+        (ca_channel,) = monitors._channels["T:AI"]
+        sock = ca_channel._pv.circuit_manager.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        assert ioc._proc is not None
+        os.kill(ioc._proc.pid, signal.SIGSTOP)
+        try:
+            # Fill the socket (zero bytes: CA version requests) until it takes no more
+            # byte, also after a pause (the kernel may still make room).
+            accepted = 1
+            while accepted:
+                accepted = 0
+                for chunk in (bytes(4096), bytes(16), b"\0"):
+                    try:
+                        while True:
+                            accepted += sock.send(chunk)
+                    except BlockingIOError:
+                        pass
+                time.sleep(0.05)
+            core.remove_stream(stalled)  # used to raise BlockingIOError
+        finally:
+            os.kill(ioc._proc.pid, signal.SIGCONT)
+    assert core.counters.monitor_stop_errors == 1
+    assert core.channels == {} and monitors.channel_count() == 0
+    assert any("T:AI" in m and "BlockingIOError" in m for _, m in reporter.problems)

@@ -333,3 +333,27 @@ def test_fuzz_bit_flips_and_byte_overwrites_of_valid_messages() -> None:
                 buf[at] = rng.getrandbits(8)
         outcomes.add(_decode_or_error(bytes(buf)))
     assert outcomes == {"ok", "error"}  # the fuzzer exercised both paths
+
+
+def test_ca_record_name_longer_than_ca_can_search_for_is_rejected() -> None:
+    """caproto (and RSRV) refuse record names over 59 characters in a search request."""
+    longest, too_long = "R" * 59, "R" * 60
+    command = decode_config_message(
+        fc00(
+            0,
+            (longest, "f144", "t", 1, 0),
+            (f"{longest}.VAL", "f144", "t", 1, 0),
+            (too_long, "f144", "t", 1, 0),
+            (f"{too_long}.VAL", "f144", "t", 1, 0),
+            (too_long, "f144", "t", 0, 0),  # PVA has no such limit
+        ),
+        False,
+    )
+    assert [(s.channel, s.protocol) for s in command.streams] == [
+        (longest, Protocol.CA),
+        (f"{longest}.VAL", Protocol.CA),
+        (too_long, Protocol.PVA),
+    ]
+    assert len(command.rejected) == 2
+    for reason in command.rejected:
+        assert "59 characters" in reason and "has 60" in reason and "protocol=ca" in reason

@@ -664,3 +664,14 @@ def test_refused_send_counts_as_dropped_not_forwarded() -> None:
     assert [d.value for d in f144s(h.sink)] == [2.0]
     assert out.dropped == 1 and out.forwarded == 1
     assert h.core.counters.updates_forwarded == 1
+
+
+def test_failing_unsubscribe_is_counted_and_reported_and_the_remove_completes() -> None:
+    h = Harness()
+    h.add("PV:A")
+    h.add("PV:B")
+    h.subs.fail_unsubscribe = True
+    h.core.remove_stream(StreamSpec("PV:A", "f144", "data", Protocol.CA))  # must not raise
+    assert list(h.core.channels) == [(Protocol.CA, "PV:B")]
+    assert h.core.counters.monitor_stop_errors == 1
+    assert h.reporter.keys() == ["unsubscribe:PV:A"]
