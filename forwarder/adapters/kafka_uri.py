@@ -1,8 +1,12 @@
 """Kafka addresses as operators write them, turned into librdkafka settings.
 
 The command line takes one compact string per Kafka endpoint,
-``[SASL_MECHANISM\\username@]host:port[,host:port...][/topic]``, so that a broker list, a
-topic and SASL credentials travel together.  Passwords are never part of the string: they
+``[[PROTOCOL+]SASL_MECHANISM\\username@]host[:port][,host[:port]...][/topic]``, so that a
+broker list, a topic, the security protocol and SASL credentials travel together.  Both of
+the ESS forwarder's spellings are accepted: the README-era ``SCRAM-SHA-512\\user@host:port``
+(the protocol is then derived: SASL_PLAINTEXT, or SASL_SSL with a CA file) and the current
+``SASL_SSL+SCRAM-SHA-512\\user@host:port``.  As there (librdkafka's rule), a host without
+a port means port 9092.  Passwords are never part of the string: they
 come from separate options (or environment variables) so they do not leak into process
 listings or error messages.  Error messages never echo the credentials part either.
 """
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 SASL_MECHANISMS = {m.upper(): m for m in ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")}
 #: librdkafka `security.protocol` values.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+#: librdkafka's port for a broker given without one.
+DEFAULT_KAFKA_PORT = 9092
 
 # Kafka's own rule for topic names (see kafka.common.internals.Topic).
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -32,12 +38,15 @@ class KafkaUri:
     topic: str | None = None
     sasl_mechanism: str | None = None
     username: str | None = None
+    #: Given in the address (``PROTOCOL+...``); None means derived.
+    security_protocol: str | None = None
 
     def __str__(self) -> str:
         """Round-trips through `parse_kafka_uri`; safe to log (holds no password)."""
         creds = f"{self.sasl_mechanism}\\{self.username}@" if self.sasl_mechanism else ""
+        protocol = f"{self.security_protocol}+" if self.security_protocol else ""
         topic = f"/{self.topic}" if self.topic is not None else ""
-        return f"{creds}{self.bootstrap}{topic}"
+        return f"{protocol}{creds}{self.bootstrap}{topic}"
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -109,10 +118,23 @@ def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
         raise ValueError("empty Kafka address")
     mechanism: str | None = None
     username: str | None = None
+    protocol: str | None = None
+    head, plus, rest = raw.partition("+")
+    if plus and "\\" not in head and "@" not in head:
+        # Neither '+' nor '\\' occurs in a host, topic or mechanism name, so a '+' before
+        # the credentials ends the protocol (the ESS forwarder splits the same way).
+        protocol = _parse_protocol(head)
+        raw = rest.strip()
     if "@" in raw:
         # Topics and host names cannot contain '@', so the last one ends the credentials.
         creds, _, raw = raw.rpartition("@")
         mechanism, username = _parse_credentials(creds)
+    if protocol is not None and protocol.startswith("SASL_") and mechanism is None:
+        raise ValueError(
+            f"security protocol {protocol} needs credentials: {protocol}+MECHANISM\\user@host"
+        )
+    if protocol is not None and not protocol.startswith("SASL_") and mechanism is not None:
+        raise ValueError(f"security protocol {protocol} cannot carry SASL credentials")
     hosts_text, slash, topic_text = raw.partition("/")
     topic: str | None = None
     if slash:
@@ -129,8 +151,21 @@ def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
         raise ValueError(f"a topic ({topic!r}) is not allowed here (expected host:port only)")
     if not hosts_text.strip():
         raise ValueError("missing host (expected host:port)")
-    servers = [_format_host_port(*parse_host_port(item)) for item in hosts_text.split(",")]
-    return KafkaUri(",".join(servers), topic, mechanism, username)
+    servers = [
+        _format_host_port(*parse_host_port(item, default_port=DEFAULT_KAFKA_PORT))
+        for item in hosts_text.split(",")
+    ]
+    return KafkaUri(",".join(servers), topic, mechanism, username, protocol)
+
+
+def _parse_protocol(text: str) -> str:
+    value = text.strip().upper()
+    if value not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"unknown security protocol {text.strip()!r} before '+' "
+            f"(expected one of {', '.join(SECURITY_PROTOCOLS)})"
+        )
+    return value
 
 
 def librdkafka_config(
@@ -149,6 +184,10 @@ def librdkafka_config(
     file alone implies SSL.  `extra` (``-X key=value``) comes last so operators can
     override anything we chose.  `password_option` names the option in the error raised
     when SASL credentials lack a password.
+
+    A protocol written in the address (``SASL_SSL+...``) and `security_protocol`
+    (``--security-protocol``, shared by every endpoint) may both be given if they agree;
+    when they differ nothing can tell which one the operator meant, so it is an error.
     """
     config: dict[str, str] = {"bootstrap.servers": uri.bootstrap}
     protocol = security_protocol.strip().upper() if security_protocol else None
@@ -157,6 +196,12 @@ def librdkafka_config(
             f"unknown security protocol {security_protocol!r} "
             f"(expected one of {', '.join(SECURITY_PROTOCOLS)})"
         )
+    if uri.security_protocol is not None:
+        if protocol is not None and protocol != uri.security_protocol:
+            raise ValueError(
+                f"the address says {uri.security_protocol} but --security-protocol says {protocol}"
+            )
+        protocol = uri.security_protocol
     if uri.sasl_mechanism is not None:
         if not password:
             raise ValueError(

@@ -14,6 +14,10 @@ All validation happens here so the service starts either with a complete, consis
 configuration or not at all: a bad value exits with status 2 and one line naming the
 option, never a traceback, and never a password.
 
+`--config-topic`, `--status-topic` and `--output-broker` are required, as in the ESS
+forwarder: an operator who forgot the status topic learns it at start, not when nobody can
+see what the forwarder does.
+
 Choices that differ from the reference forwarder, on purpose:
 
 * `--verbosity` defaults to Info so that a fresh deployment tells what it is doing.

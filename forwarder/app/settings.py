@@ -178,10 +178,9 @@ class Settings:
         uri_with_topic,
         ess_env="CONFIG_TOPIC",
     )
-    status_topic: KafkaUri | None = option(
-        f"where x5f2 status messages go: {URI_HELP}/topic (none sent if omitted)",
+    status_topic: KafkaUri = option(
+        f"where x5f2 status messages go: {URI_HELP}/topic",
         uri_with_topic,
-        default=None,
         ess_env="STATUS_TOPIC",
     )
     output_broker: KafkaUri = option(
@@ -326,8 +325,10 @@ class Settings:
         return found
 
     @property
-    def status_endpoint(self) -> KafkaEndpoint | None:
-        return self.endpoint("status_topic")
+    def status_endpoint(self) -> KafkaEndpoint:
+        found = self.endpoint("status_topic")
+        assert found is not None
+        return found
 
     @property
     def storage_endpoint(self) -> KafkaEndpoint | None:

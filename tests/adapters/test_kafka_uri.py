@@ -44,6 +44,49 @@ def test_username_may_contain_at_sign() -> None:
     assert uri.bootstrap == "broker:9092"
 
 
+def test_missing_port_means_9092() -> None:
+    uri = parse_kafka_uri("kafka/t", require_topic=True)
+    assert uri.bootstrap == "kafka:9092"
+    assert parse_kafka_uri("a,b:9093,[::1]", require_topic=False).bootstrap == (
+        "a:9092,b:9093,[::1]:9092"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "SASL_SSL+SCRAM-SHA-512\\forwarder@kafka:9093/forwarder_config",
+            KafkaUri("kafka:9093", "forwarder_config", "SCRAM-SHA-512", "forwarder", "SASL_SSL"),
+        ),
+        (
+            "SASL_PLAINTEXT+PLAIN\\u@kafka/cfg",
+            KafkaUri("kafka:9092", "cfg", "PLAIN", "u", "SASL_PLAINTEXT"),
+        ),
+        ("sasl_ssl+scram-sha-256\\u@h", KafkaUri("h:9092", None, "SCRAM-SHA-256", "u", "SASL_SSL")),
+        ("SSL+h:9093/t", KafkaUri("h:9093", "t", None, None, "SSL")),
+        ("PLAIN\\us+er@h:1/t", KafkaUri("h:1", "t", "PLAIN", "us+er")),
+    ],
+)
+def test_ess_protocol_plus_mechanism_spelling(text: str, expected: KafkaUri) -> None:
+    uri = parse_kafka_uri(text, require_topic=expected.topic is not None)
+    assert uri == expected
+    assert parse_kafka_uri(str(uri), require_topic=expected.topic is not None) == uri
+
+
+def test_protocol_in_address_sets_security_protocol() -> None:
+    uri = parse_kafka_uri("SASL_SSL+PLAIN\\u@h:1", require_topic=False)
+    config = librdkafka_config(uri, "pw", None, None, {})
+    assert config["security.protocol"] == "SASL_SSL"
+    assert librdkafka_config(uri, "pw", "sasl_ssl", None, {})["security.protocol"] == "SASL_SSL"
+    with pytest.raises(ValueError, match="address says SASL_SSL but --security-protocol says"):
+        librdkafka_config(uri, "pw", "SASL_PLAINTEXT", None, {})
+    # README-era spelling: derived as before
+    old = parse_kafka_uri("PLAIN\\u@h:1", require_topic=False)
+    assert librdkafka_config(old, "pw", None, None, {})["security.protocol"] == "SASL_PLAINTEXT"
+    assert librdkafka_config(old, "pw", None, "ca.pem", {})["security.protocol"] == "SASL_SSL"
+
+
 def test_str_round_trips() -> None:
     text = "SCRAM-SHA-512\\bob@h1:1,h2:2/topic.x"
     uri = parse_kafka_uri(text, require_topic=True)
@@ -58,7 +101,6 @@ def test_str_round_trips() -> None:
         ("localhost:abc/t", True, "port 'abc' is not a number"),
         ("localhost:70000/t", True, "out of range"),
         ("localhost:0", False, "out of range"),
-        ("localhost/t", True, "missing port"),
         (":9092/t", True, "missing host"),
         ("/t", True, "missing host"),
         ("a:1,,b:2", False, "empty address"),
@@ -70,6 +112,10 @@ def test_str_round_trips() -> None:
         ("PLAIN\\@localhost:9092", False, "username is empty"),
         ("ho st:1", False, "invalid host name"),
         ("[::1:9092", False, "malformed IPv6"),
+        ("TLS+PLAIN\\u@h:1", False, "unknown security protocol 'TLS' before '+'"),
+        ("SASL_SSL+h:1", False, "SASL_SSL needs credentials"),
+        ("SASL_SSL+u@h:1", False, "must be written MECHANISM\\username"),
+        ("SSL+PLAIN\\u@h:1", False, "SSL cannot carry SASL credentials"),
     ],
 )
 def test_errors_are_one_clear_sentence(text: str, require_topic: bool, fragment: str) -> None:

@@ -16,7 +16,11 @@ from forwarder.adapters.kafka_uri import KafkaUri
 from forwarder.app.cli import parse_args
 from forwarder.app.settings import DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES, Settings, option_fields
 
-REQUIRED = ["--config-topic", "localhost:9092/config", "--output-broker", "localhost:9092"]
+REQUIRED = [
+    "--config-topic", "localhost:9092/config",
+    "--output-broker", "localhost:9092",
+    "--status-topic", "localhost:9092/status",
+]  # fmt: skip
 SECRET = "hunter2-secret"
 
 
@@ -50,7 +54,8 @@ def test_minimal_arguments_give_documented_defaults() -> None:
     opts = parse_args(REQUIRED)
     assert opts.config_topic == KafkaUri("localhost:9092", "config")
     assert opts.output_broker == KafkaUri("localhost:9092")
-    assert opts.status_topic is None and opts.storage_topic is None
+    assert opts.status_topic == KafkaUri("localhost:9092", "status")
+    assert opts.storage_topic is None
     assert opts.service_id == f"forwarder-{socket.gethostname()}"
     assert opts.verbosity == "Info"
     assert opts.fake_pv_period == 1000
@@ -118,6 +123,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORWARDER_CONFIG_TOPIC", "env:1/cfg")
+    monkeypatch.setenv("FORWARDER_STATUS_TOPIC", "env:1/status")
     monkeypatch.setenv("FORWARDER_OUTPUT_BROKER", "PLAIN\\u@env:2")
     monkeypatch.setenv("FORWARDER_OUTPUT_BROKER_SASL_PASSWORD", SECRET)
     monkeypatch.setenv("FORWARDER_SKIP_RETRIEVAL", "true")
@@ -139,6 +145,7 @@ def test_config_file_with_comments(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "\n"
         "config-topic = file:1/cfg\n"
         "output-broker=file:2\n"
+        "status-topic = file:1/status\n"
         "; another comment style\n"
         "skip-retrieval = true\n"
         "verbosity = warning\n"
@@ -160,6 +167,7 @@ def test_precedence_is_cli_then_env_then_file(
     path = tmp_path / "forwarder.conf"
     path.write_text(
         "config-topic = file:1/cfg\noutput-broker = file:2\nservice-id = from-file\n"
+        "status-topic = file:1/st\n"
         "status-interval = 111\nfake-pv-period = 7\n"
     )
     monkeypatch.setenv("FORWARDER_OUTPUT_BROKER", "env:2")
@@ -176,6 +184,7 @@ def test_precedence_is_cli_then_env_then_file(
 def test_repr_hides_passwords() -> None:
     opts = parse_args(
         REQUIRED[:2]
+        + REQUIRED[4:]
         + ["--output-broker", "PLAIN\\user@h:1", "--output-broker-sasl-password", SECRET]
         + ["-X", f"ssl.key.password={SECRET}", "-X", "linger.ms=2"]
     )
@@ -189,7 +198,7 @@ def test_repr_hides_passwords() -> None:
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--config-topic", "h:1/c"], "the following arguments are required: --output-broker"),
+        (["--config-topic", "h:1/c"], "arguments are required: --status-topic, --output-broker"),
         (
             ["--config-topic", "h:1/c", "--output-broker", "localhost:abc"],
             "error: --output-broker: port 'abc' is not a number",
@@ -199,7 +208,7 @@ def test_repr_hides_passwords() -> None:
         (["--output-broker", "h:1", "--config-topic", ":1/c"], "--config-topic: missing host"),
         ([*REQUIRED, "--status-topic", "KERBEROS\\u@h:1/s"], "unknown SASL mechanism"),
         (
-            [*REQUIRED[:2], "--output-broker", "PLAIN\\u@h:1"],
+            [*REQUIRED[:2], *REQUIRED[4:], "--output-broker", "PLAIN\\u@h:1"],
             "--output-broker-sasl-password is required because --output-broker has SASL user",
         ),
         (
@@ -211,11 +220,29 @@ def test_repr_hides_passwords() -> None:
             "--storage-topic-sasl-password is set but --storage-topic is not",
         ),
         (
-            [*REQUIRED[:2], "--output-broker", "PLAIN\\u@h:1", "--security-protocol", "SSL"]
+            [
+                *REQUIRED[:2],
+                *REQUIRED[4:],
+                "--output-broker",
+                "PLAIN\\u@h:1",
+                "--security-protocol",
+                "SSL",
+            ]
             + ["--output-broker-sasl-password", SECRET],
             "--output-broker: security protocol SSL cannot carry the SASL credentials",
         ),
         ([*REQUIRED, "--security-protocol", "TLS"], "--security-protocol: 'TLS' is not one of"),
+        (REQUIRED[:4], "error: the following arguments are required: --status-topic"),
+        (
+            [*REQUIRED[:2], *REQUIRED[4:], "--output-broker", "SASL_SSL+PLAIN\\u@h:1"]
+            + ["--output-broker-sasl-password", SECRET, "--security-protocol", "SASL_PLAINTEXT"],
+            "--output-broker: the address says SASL_SSL but --security-protocol says "
+            "SASL_PLAINTEXT",
+        ),
+        (
+            [*REQUIRED, "--config-topic", "SASL_SSL+h:1/c"],
+            "--config-topic: security protocol SASL_SSL needs credentials",
+        ),
         ([*REQUIRED, "--pv-update-period", "0"], "--pv-update-period: 0 is out of range"),
         ([*REQUIRED, "--fake-pv-period", "abc"], "--fake-pv-period: 'abc' is not a whole number"),
         ([*REQUIRED, "--status-interval", "-5"], "--status-interval: -5 is out of range"),

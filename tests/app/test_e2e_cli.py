@@ -33,7 +33,11 @@ pytestmark = pytest.mark.integration
 
 WAIT = 20.0
 BROKER = "127.0.0.1:9092"  # never contacted: these runs fail before connecting
-REQUIRED = ["--config-topic", f"{BROKER}/config", "--output-broker", BROKER]
+REQUIRED = [
+    "--config-topic", f"{BROKER}/config",
+    "--output-broker", BROKER,
+    "--status-topic", f"{BROKER}/status",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -61,15 +65,15 @@ def launch(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "names"),
     [
-        pytest.param(["--config-topic", f"{BROKER}/config"], "--output-broker", id="no-output"),
-        pytest.param(["--output-broker", BROKER], "--config-topic", id="no-config-topic"),
+        pytest.param(REQUIRED[:2] + REQUIRED[4:], "--output-broker", id="no-output"),
+        pytest.param(REQUIRED[2:], "--config-topic", id="no-config-topic"),
         pytest.param(
-            ["--config-topic", "127.0.0.1:99999/config", "--output-broker", BROKER],
+            ["--config-topic", "127.0.0.1:99999/config", *REQUIRED[2:]],
             "--config-topic",
             id="port-out-of-range",
         ),
         pytest.param(
-            ["--config-topic", f"{BROKER}/config", "--output-broker", "127.0.0.1:kafka"],
+            [*REQUIRED[:2], *REQUIRED[4:], "--output-broker", "127.0.0.1:kafka"],
             "--output-broker",
             id="port-not-a-number",
         ),
@@ -88,6 +92,16 @@ def test_bad_command_line_exits_with_one_clear_line(args: list[str], names: str)
     assert "error" in lines[0] and names in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout == ""
+
+
+def test_missing_status_topic_exits_2_with_one_line() -> None:
+    """As in the ESS forwarder: without a status topic nobody could see what it does."""
+    result = launch(*REQUIRED[:4])
+    assert result.returncode == 2
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "forwarder_launch.py: error: the following arguments are required: --status-topic"
+    ]
 
 
 def test_help_lists_the_options() -> None:
@@ -116,7 +130,17 @@ class BareForwarder(ForwarderProcess):
         return [sys.executable, LAUNCHER, *self.extra_args]
 
 
-@pytest.mark.parametrize("source", ["config-file", "environment"])
+#: The ESS forwarder's environment variable names (it has none for --status-interval).
+ESS_NAMES = {
+    "config-topic": "CONFIG_TOPIC",
+    "output-broker": "OUTPUT_BROKER",
+    "status-topic": "STATUS_TOPIC",
+    "service-id": "SERVICE_ID",
+    "fake-pv-period": "FAKE_PV_PERIOD",
+}
+
+
+@pytest.mark.parametrize("source", ["config-file", "environment", "ess-environment"])
 def test_settings_from_config_file_or_environment(
     source: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -135,9 +159,17 @@ def test_settings_from_config_file_or_environment(
         lines = ["# forwarder settings"] + [f"{k} = {v}" for k, v in settings.items()]
         path.write_text("\n".join(lines) + "\n")
         args, env = ["--config-file", str(path)], {}
-    else:
+    elif source == "environment":
         args = []
         env = {f"FORWARDER_{k.upper().replace('-', '_')}": v for k, v in settings.items()}
+    else:
+        args = []
+        env = {
+            ESS_NAMES.get(k, f"FORWARDER_{k.upper().replace('-', '_')}"): v
+            for k, v in settings.items()
+        }
+        # Both names set: FORWARDER_* wins, and the start-up log says so.
+        env |= {"VERBOSITY": "Critical", "FORWARDER_VERBOSITY": "Info"}
     fw = BareForwarder(
         kafka_bootstrap,
         epics=env,
@@ -160,6 +192,12 @@ def test_settings_from_config_file_or_environment(
         produce(kafka_bootstrap, config_topic, [config])
         data.wait("FAKE:CLI:1", "f144")
         assert fw.stop() == 0
+        if source == "ess-environment":
+            log = fw.log()
+            assert "Environment: --config-topic from CONFIG_TOPIC" in log, log
+            assert (
+                "FORWARDER_VERBOSITY and VERBOSITY are both set; using FORWARDER_VERBOSITY"
+            ) in log
     finally:
         data.close()
         fw.close()

@@ -113,6 +113,8 @@ def test_log_file_in_missing_folder_exits_with_one_clear_line(tmp_path: Path) ->
             f"{bootstrap}/config",
             "--output-broker",
             bootstrap,
+            "--status-topic",
+            f"{bootstrap}/status",
             "--log-file",
             bad,
         ],

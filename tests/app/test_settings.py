@@ -14,7 +14,9 @@ from forwarder.app.cli import build_parser, parse_args, resolve_environment
 from forwarder.app.settings import Settings, default_of, env_var, long_option, option_fields
 
 SECRET = "s3cr3t-pw"
-REQUIRED = ["--config-topic", "h:9092/cfg", "--output-broker", "h:9092"]
+REQUIRED = [
+    "--config-topic", "h:9092/cfg", "--output-broker", "h:9092", "--status-topic", "h:9092/st"
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +42,7 @@ def test_endpoint_is_typed_and_redacted() -> None:
             "--config-topic", "SCRAM-SHA-512\\fwd@b1:9092,b2:9093/cfg",
             "--config-topic-sasl-password", SECRET,
             "--output-broker", "b1:9092",
+            "--status-topic", "b1:9092/st",
             "-X", f"ssl.key.password={SECRET}x",
             "-X", "linger.ms=7",
         ]
@@ -56,7 +59,7 @@ def test_endpoint_is_typed_and_redacted() -> None:
         assert SECRET not in text, text
     assert SECRET in settings.secrets() and f"{SECRET}x" in settings.secrets()
     assert settings.output_endpoint.sasl is None
-    assert settings.status_endpoint is None and settings.storage_endpoint is None
+    assert settings.status_endpoint.topic == "st" and settings.storage_endpoint is None
 
 
 def test_parser_is_derived_from_settings() -> None:
@@ -74,7 +77,7 @@ def test_parser_is_derived_from_settings() -> None:
         assert action.required == (required and f.metadata["option"].kind == "value")
     defaults = parse_args(REQUIRED)
     for f in option_fields():
-        if f.name in ("config_topic", "output_broker"):
+        if f.name in ("config_topic", "output_broker", "status_topic"):
             continue
         expected = default_of(f.name)
         assert getattr(defaults, f.name) == expected or dict(getattr(defaults, f.name)) == {}
@@ -82,7 +85,11 @@ def test_parser_is_derived_from_settings() -> None:
 
 def test_one_default_per_option() -> None:
     """Constructing `Settings` directly gives the same defaults as the parser."""
-    direct = Settings(config_topic=KafkaUri("h:9092", "cfg"), output_broker=KafkaUri("h:9092"))
+    direct = Settings(
+        config_topic=KafkaUri("h:9092", "cfg"),
+        output_broker=KafkaUri("h:9092"),
+        status_topic=KafkaUri("h:9092", "st"),
+    )
     parsed = parse_args(REQUIRED)
     assert direct == parsed
     assert direct.status_interval == 4000 and direct.fake_pv_period == 1000
@@ -119,7 +126,7 @@ def test_ess_sasl_password_and_ca_names(tmp_path: object) -> None:
     with open(ca, "w") as f:
         f.write("cert")
     env = {
-        "CONFIG_TOPIC": "SCRAM-SHA-256\\u@k:9092/cfg",
+        "CONFIG_TOPIC": "SASL_SSL+SCRAM-SHA-256\\u@k/cfg",
         "CONFIG_TOPIC_SASL_PASSWORD": SECRET,
         "OUTPUT_BROKER": "PLAIN\\u@k:9092",
         "OUTPUT_BROKER_SASL_PASSWORD": "p2",
@@ -163,6 +170,7 @@ def test_ess_config_file_name(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "f.conf")
     with open(path, "w") as f:
         f.write("config-topic = file:9092/cfg\noutput-broker = file:9092\n")
+        f.write("status-topic = file:9092/st\n")
     settings = parse_args([], environ={"CONFIG_FILE": path})
     assert settings.config_topic == KafkaUri("file:9092", "cfg")
 

@@ -224,6 +224,7 @@ def test_config_validator_requires_the_mandatory_options(tmp_path: Path) -> None
     broken.write_text("verbosity = Info\n")
     assert conf_problems(broken) == [
         "required option 'config-topic' missing",
+        "required option 'status-topic' missing",
         "required option 'output-broker' missing",
     ]
 
