@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -28,6 +28,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from forwarder.adapters.kafka_logging import with_kafka_logger
+from forwarder.core.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +289,19 @@ class TopicWriter:
 
     def flush(self, timeout_s: float) -> int:
         return int(self._producer.flush(timeout_s))
+
+
+class StorageTopicReader:
+    """Implements `forwarder.app.ports.StorageReader` on the storage topic."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float = 10.0) -> None:
+        self._config = dict(config)
+        self.topic = topic
+        self.timeout_s = timeout_s
+
+    def newest_first(self) -> Iterator[bytes]:
+        try:
+            messages = read_topic_to_end(self._config, self.topic, self.timeout_s)
+        except ConnectionError as err:
+            raise StorageUnavailable(str(err)) from err
+        yield from reversed(messages)

@@ -41,13 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.debug("output producer config: %s", redact(output_config))
 
-    service = ForwarderService(settings, version=__version__)
-    stop = service.stop_event
+    stop = threading.Event()
 
     # A watchdog: whatever hangs in start-up or shutdown, exit within the promised 5 seconds
     # of a signal.  Armed by the signal itself, because `service.run()` may be blocked in
-    # start-up (e.g. waiting for an unreachable broker) for longer than that.
-    watchdog = threading.Timer(4.5, lambda: _hard_exit(service))
+    # start-up (e.g. waiting for an unreachable broker) for longer than that.  The handlers
+    # are installed before any Kafka client is built, so a signal during start-up is a
+    # clean shutdown too.
+    watchdog = threading.Timer(4.5, _hard_exit)
     watchdog.daemon = True
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    service = ForwarderService(settings, version=__version__, stop_event=stop)
     try:
         service.run()
     finally:
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _hard_exit(service: ForwarderService) -> None:
+def _hard_exit() -> None:
     log.error("Shutdown took too long; exiting without waiting for the EPICS clients")
     logging.shutdown()
     import os

@@ -42,6 +42,12 @@ class Sink(Protocol):
         ...
 
 
+class Clock(Protocol):
+    def time_ns(self) -> int: ...
+
+    def monotonic_ns(self) -> int: ...
+
+
 class Reporter(Protocol):
     """Receives problems worth a log line; implementations rate-limit per key."""
 
@@ -126,7 +132,7 @@ class Channel:
         core = self._core
         counters = core.counters
         counters.updates_received += 1
-        now_ns = time.time_ns()
+        now_ns = core.time_ns()
         ts_ns, reason = core.policy.check(timestamp_ns, self.previous_ts_ns, now_ns)
         outputs = self.outputs
         if reason is not None:
@@ -144,7 +150,7 @@ class Channel:
         self.latency.observe_ns(now_ns - ts_ns)
         ts_ms = ts_ns // 1_000_000
         send = core.sink.send
-        mono = time.monotonic_ns()
+        mono = core.monotonic_ns()
         alarm = (severity, status_message)
         forwarded_any = False
         empty = False
@@ -241,8 +247,14 @@ class ForwardingCore:
         subscribers: Subscribers,
         reporter: Reporter | None = None,
         counters: ProcessCounters | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.sink = sink
+        #: Wall-clock and monotonic time (a test passes a clock it controls).
+        self.time_ns: Callable[[], int] = clock.time_ns if clock is not None else time.time_ns
+        self.monotonic_ns: Callable[[], int] = (
+            clock.monotonic_ns if clock is not None else time.monotonic_ns
+        )
         self.policy = policy
         self.service_id = service_id
         self.subscribers = subscribers
@@ -327,13 +339,13 @@ class ForwardingCore:
         """Send the PV's connection state to one stream.  The FlatBuffer carries when the
         state began; `late` (a stream added to a PV already in that state) uses now as
         the Kafka timestamp so time-based lookups and retention treat it as new."""
-        now_ns = time.time_ns()
+        now_ns = self.time_ns()
         ts_ns = channel.connection_ts_ns or now_ns
         msg = channel.connection_message(ts_ns)
         out.last_connection = msg
         kafka_ms = (now_ns if late else ts_ns) // 1_000_000
         self.sink.send(out.topic, out.key, msg, kafka_ms)  # a refusal is counted by the sink
-        out.last_sent_ns = time.monotonic_ns()
+        out.last_sent_ns = self.monotonic_ns()
 
     def resend(self, out: StreamOutput, now_ms: int) -> int:
         """Re-send the stream's last messages with Kafka timestamp `now_ms`.

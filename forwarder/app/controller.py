@@ -1,0 +1,370 @@
+"""The controller: what the forwarder does between EPICS callbacks.
+
+It applies configuration messages, chooses the configuration to restore at start, runs the
+periodic re-sends and the status timer, and shuts down in the order that loses least.  It
+is built from ports (`forwarder.app.ports`) and never creates a Kafka client or an EPICS
+context itself, so all of this is unit-tested with in-memory fakes; `forwarder.app.service`
+wires in the real adapters.
+
+Everything here runs on one thread (the control loop).  EPICS callbacks go straight from
+the adapters' threads through the core into the sink and never touch the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from forwarder.app.logging_setup import TRACE
+from forwarder.app.ports import (
+    Clock,
+    ConfigSource,
+    DataSink,
+    MessageWriter,
+    MonitorFactory,
+    StorageReader,
+    StorageUnavailable,
+    SystemClock,
+)
+from forwarder.core.config_messages import (
+    ConfigCommand,
+    ConfigMessageError,
+    UpdateKind,
+    decode_config_message,
+    encode_config_message,
+)
+from forwarder.core.counters import Drop, ProcessCounters
+from forwarder.core.events import Monitors
+from forwarder.core.forwarding import Channel, ForwardingCore, Reporter, StreamOutput, Subscribers
+from forwarder.core.registry import Change, StreamRegistry
+from forwarder.core.scheduler import ResendSchedule, Timers
+from forwarder.core.status import StatusBuilder
+from forwarder.core.streams import Protocol, StreamSpec
+from forwarder.core.timestamps import TimestampPolicy
+
+log = logging.getLogger("forwarder")
+
+SOFTWARE_NAME = "forwarder"
+#: Control loop wake-ups: at least every _MAX_WAIT_S (config polling, health heartbeat),
+#: at most every _MIN_WAIT_S when timers are pending.
+_MAX_WAIT_S = 0.1
+_MIN_WAIT_S = 0.02
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The part of the forwarder's settings the controller acts on."""
+
+    service_id: str
+    version: str = "0+unknown"
+    status_interval_ms: int = 4000
+    #: Re-send period of periodic streams; None: no re-sends.
+    pv_update_period_ms: int | None = None
+    use_receive_time: bool = False
+
+
+class Controller:
+    """Configuration, restore, re-sends, status timing and shutdown, over injected ports.
+
+    `storage_reader` is None when restoring is off (no storage topic, or
+    `--skip-retrieval`); `storage_writer` is None without a storage topic; `status_writer`
+    is None without a status topic.
+    """
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        sink: DataSink,
+        config_source: ConfigSource,
+        monitor_factory: MonitorFactory,
+        storage_reader: StorageReader | None = None,
+        storage_writer: MessageWriter | None = None,
+        status_writer: MessageWriter | None = None,
+        clock: Clock | None = None,
+        counters: ProcessCounters | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.config_source = config_source
+        self.storage_reader = storage_reader
+        self.storage_writer = storage_writer
+        self.status_writer = status_writer
+        self.clock: Clock = clock or SystemClock()
+        self.counters = counters or ProcessCounters()
+        self._monitor_factory = monitor_factory
+        self.monitors: dict[Protocol, Monitors] = {}
+        self.core = ForwardingCore(
+            sink=sink,
+            policy=TimestampPolicy(use_receive_time=settings.use_receive_time),
+            service_id=settings.service_id,
+            subscribers=Subscribers(self._subscribe, self._unsubscribe),
+            reporter=reporter,
+            counters=self.counters,
+            clock=self.clock,
+        )
+        self.registry = StreamRegistry()
+        self.timers = Timers()
+        period = settings.pv_update_period_ms
+        self.resends: ResendSchedule[StreamOutput] | None = (
+            ResendSchedule(period * 1_000_000, self._last_sent_of) if period else None
+        )
+        self.status_builder = StatusBuilder()
+        #: Bumped on every configuration change (the status builder caches by it).
+        self.config_version = 0
+        #: Monotonic ns of the control loop's last pass (the health probe checks it).
+        self.heartbeat_ns = self.clock.monotonic_ns()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._periodic_warned = False
+        self._started = False
+
+    # -- monitors -----------------------------------------------------------------------
+    def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
+        monitors = self.monitors.get(protocol)
+        if monitors is None:
+            monitors = self._monitor_factory(protocol, self._add_timer)
+            self.monitors[protocol] = monitors
+        return monitors.subscribe(name, channel)
+
+    @staticmethod
+    def _unsubscribe(subscription: Any) -> None:
+        subscription.close()
+
+    def _add_timer(self, period_ns: int, tick: Callable[[int], None]) -> None:
+        """The monitors' timer hook: `tick(now_unix_ns)` every `period_ns`."""
+        clock = self.clock
+        self.timers.every(period_ns, lambda _mono: tick(clock.time_ns()), clock.monotonic_ns())
+
+    # -- re-send schedule ---------------------------------------------------------------
+    def _last_sent_of(self, out: StreamOutput) -> int | None:
+        if out.active and out.spec.periodic:
+            return out.last_sent_ns
+        out.scheduled = False
+        return None
+
+    def _run_resends(self, now_mono: int) -> None:
+        if self.resends is None:
+            return
+        due = self.resends.pop_due(now_mono, limit=20_000)
+        if not due:
+            return
+        now_ms = self.clock.time_ns() // 1_000_000
+        for out in due:
+            self.core.resend(out, now_ms)
+            out.last_sent_ns = now_mono
+
+    # -- configuration ------------------------------------------------------------------
+    def handle_config_message(self, raw: bytes) -> Change | None:
+        """Decode and apply one config message; never raises on bad input."""
+        try:
+            command = decode_config_message(raw, rf5k_periodic=self.resends is not None)
+        except ConfigMessageError as err:
+            self.counters.drop(Drop.BAD_CONFIG)
+            log.error("Ignored config message: %s", err)
+            return None
+        return self.apply(command, persist=True)
+
+    def apply(self, command: ConfigCommand, persist: bool) -> Change:
+        for reason in command.rejected:
+            self.counters.drop(Drop.BAD_CONFIG)
+            log.error(
+                "Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason
+            )
+        change = self.registry.apply(command)
+        # One line per stream for ordinary changes; a change of thousands of streams gets
+        # its summary line only (the per-stream lines at debug level).
+        level = logging.INFO if len(change.added) + len(change.removed) <= 100 else logging.DEBUG
+        for spec in change.removed:
+            self.core.remove_stream(spec)
+            log.log(level, "Removed stream %s", spec.describe())
+        for spec in change.added + change.updated:
+            self._start_stream(spec, level)
+        if change:
+            self.config_version += 1
+            log.info(
+                "%s %s: %d added, %d removed, %d updated; %d streams configured",
+                command.schema_id,
+                command.kind.name,
+                len(change.added),
+                len(change.removed),
+                len(change.updated),
+                len(self.registry),
+            )
+            if persist:
+                self.store_configuration()
+            self.publish_status()
+        return change
+
+    def _start_stream(self, spec: StreamSpec, level: int = logging.INFO) -> None:
+        try:
+            out = self.core.add_stream(spec)
+        except Exception as err:  # noqa: BLE001 - one bad PV must not stop the others
+            log.error("Cannot start stream %s: %s", spec.describe(), err)
+            return
+        if log.isEnabledFor(level):
+            log.log(
+                level, "Forwarding %s%s", spec.describe(), " (periodic)" if spec.periodic else ""
+            )
+        if spec.periodic:
+            if self.resends is None:
+                if not self._periodic_warned:
+                    self._periodic_warned = True
+                    log.warning(
+                        "Stream %s asks for periodic updates but --pv-update-period is not set; "
+                        "no re-sends will happen",
+                        spec.describe(),
+                    )
+            elif not out.scheduled:
+                out.scheduled = True
+                self.resends.add(out, self.clock.monotonic_ns())
+
+    def store_configuration(self) -> None:
+        if self.storage_writer is None:
+            return
+        streams = self.registry.streams()
+        if streams:
+            payload = encode_config_message(UpdateKind.ADD, streams, "fc00")
+        else:
+            payload = encode_config_message(UpdateKind.REMOVEALL, [], "fc00")
+        self.storage_writer.write(payload, key=self.settings.service_id.encode())
+
+    # -- restore ------------------------------------------------------------------------
+    def restore_configuration(self) -> None:
+        """Apply the newest valid configuration in the storage topic, if restoring is on."""
+        reader = self.storage_reader
+        if reader is None:
+            return
+        try:
+            command = self._newest_stored(reader)
+        except StorageUnavailable as err:
+            log.error("Configuration not restored: %s", err)
+            return
+        if command is None:
+            log.info("No stored configuration found")
+            return
+        if command.kind == UpdateKind.REMOVEALL:
+            log.info("Stored configuration is empty")
+            return
+        replace = ConfigCommand(
+            kind=UpdateKind.REPLACE,
+            streams=command.streams,
+            filters=[],
+            schema_id=command.schema_id,
+            rejected=command.rejected,
+        )
+        self.apply(replace, persist=False)
+        log.info("Restored %d streams from storage topic", len(self.registry))
+
+    def _newest_stored(self, reader: StorageReader) -> ConfigCommand | None:
+        """The newest full configuration (ADD, REPLACE or REMOVEALL) in storage; older
+        messages are only read when every newer one is unusable."""
+        for raw in reader.newest_first():
+            try:
+                command = decode_config_message(raw, rf5k_periodic=self.resends is not None)
+            except ConfigMessageError as err:
+                log.warning("Skipping unusable stored configuration: %s", err)
+                continue
+            if command.kind in (UpdateKind.ADD, UpdateKind.REPLACE, UpdateKind.REMOVEALL):
+                return command
+            log.warning("Skipping stored %s message: not a full configuration", command.kind.name)
+        return None
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> tuple[dict[str, Any], str]:
+        """The status document and its JSON text."""
+        return self.status_builder.build(
+            self.core, self.counters, self.sink.queue_length(), self.config_version
+        )
+
+    def publish_status(self) -> None:
+        doc, text = self.status()
+        if log.isEnabledFor(TRACE):
+            summary = doc["summary"]
+            log.log(
+                TRACE,
+                "Status: %d streams, %d connected, producer queue %d",
+                summary["streams"],
+                summary["connected"],
+                doc["producer_queue_length"],
+            )
+        if self.status_writer is None:
+            return
+        from streaming_data_types.status_x5f2 import serialise_x5f2
+
+        s = self.settings
+        payload = serialise_x5f2(
+            SOFTWARE_NAME, s.version, s.service_id, self.host, self.pid, s.status_interval_ms, text
+        )
+        self.status_writer.write(payload, key=s.service_id.encode())
+
+    # -- control loop -------------------------------------------------------------------
+    def start(self) -> None:
+        """Restore the stored configuration and start the status timer."""
+        if self._started:
+            return
+        self._started = True
+        self.restore_configuration()
+        self.timers.every(
+            self.settings.status_interval_ms * 1_000_000,
+            lambda _n: self.publish_status(),
+            self.clock.monotonic_ns(),
+        )
+
+    def _wait_s(self, now: int) -> float:
+        next_due = self.timers.next_due_ns()
+        if self.resends is not None:
+            r = self.resends.next_due_ns()
+            if r is not None and (next_due is None or r < next_due):
+                next_due = r
+        if next_due is None:
+            return _MAX_WAIT_S
+        if next_due <= now:
+            return 0.0  # a backlog (more re-sends due than one pass handles)
+        # Re-sends of many streams come due a fraction of a millisecond apart; waking for
+        # each would spin.  Waking at most every _MIN_WAIT_S serves them in batches, at
+        # most that late.
+        return min(_MAX_WAIT_S, max(_MIN_WAIT_S, (next_due - now) / 1e9))
+
+    def step(self) -> None:
+        """One pass of the control loop: wait for config (at most until the next timer),
+        apply it, run what is due."""
+        clock = self.clock
+        self.heartbeat_ns = now = clock.monotonic_ns()
+        for raw in self.config_source.poll(self._wait_s(now)):
+            self.handle_config_message(raw)
+        now = clock.monotonic_ns()
+        self.timers.run_due(now)
+        self._run_resends(now)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set."""
+        self.start()
+        while not stop.is_set():
+            self.step()
+
+    # -- shutdown -----------------------------------------------------------------------
+    def shutdown(self, flush_timeout_s: float = 3.0) -> int:
+        """Stop monitors, flush queued messages (bounded) and close the clients.
+
+        Returns how many messages could not be delivered.
+        """
+        self.core.close()
+        for monitors in self.monitors.values():
+            try:
+                monitors.close()
+            except Exception as err:  # noqa: BLE001 - shutdown must go on
+                log.warning("closing monitors: %s", err)
+        self.config_source.close()
+        left = self.sink.close(flush_timeout_s)
+        for writer in (self.status_writer, self.storage_writer):
+            if writer is not None:
+                writer.flush(0.5)
+        log.info("Stopped (%d messages not delivered)", left)
+        return left
