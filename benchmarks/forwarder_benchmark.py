@@ -161,7 +161,7 @@ def configure(
     setup: Setup, fwd: ForwarderProcess, names: list[str], topic: str, periodic: bool
 ) -> None:
     protocol = Protocol.CA if setup.args.protocol == "ca" else Protocol.PVA
-    specs = [StreamSpec(n, "f144", topic, protocol, periodic) for n in names]
+    specs = [StreamSpec(n, setup.args.schema, topic, protocol, periodic) for n in names]
     payloads = [
         encode_config_message(UpdateKind.ADD, specs[i : i + CONFIG_CHUNK], "fc00")
         for i in range(0, len(specs), CONFIG_CHUNK)
@@ -541,7 +541,8 @@ def run_throughput(setup: Setup) -> dict[str, Any]:
     counters = Counters(args.pvs, args.rate, PREFIX, args.dtype)
     names = counters.names()
     result: dict[str, Any] = {"mode": "throughput", "protocol": args.protocol,
-                              "pvs": args.pvs, "rate_hz": args.rate}  # fmt: skip
+                              "schema": args.schema, "pvs": args.pvs,
+                              "rate_hz": args.rate}  # fmt: skip
     if args.protocol == "ca":
         result["ca_server"] = args.ca_server
     with generator(setup, counters) as server:
@@ -819,6 +820,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pvs", type=int, default=100, help="counter PVs (default 100)")
     p.add_argument("--rate", type=float, default=100.0, help="updates per PV per second")
     p.add_argument("--dtype", choices=("DOUBLE", "LONG"), default="DOUBLE")
+    p.add_argument(
+        "--schema",
+        choices=("f144", "f142"),
+        default="f144",
+        help="value schema of the forwarded streams (f142 carries the alarm in each message)",
+    )
     p.add_argument(
         "--seconds",
         type=float,

@@ -133,18 +133,25 @@ def _field(buf: bytes, table: int, index: int) -> int:
     return off
 
 
+#: LogData file identifier -> (timestamp, value type, value) slots of its root table.
+_LOGDATA_SLOTS = {b"f144": (1, 2, 3), b"f142": (3, 1, 2)}
+#: The value schemas the benchmark can measure (both number their union members alike).
+VALUE_IDS = frozenset(_LOGDATA_SLOTS)
+
+
 def f144_time_and_value(buf: bytes) -> tuple[int, float]:
-    """(timestamp ns, scalar value) of an f144 message, ~10x faster than
-    `deserialise_f144`; falls back to it for anything but a scalar."""
+    """(timestamp ns, scalar value) of an f144 (or f142) message, ~10x faster than
+    `deserialise_f144`; falls back to the library for anything but a scalar."""
+    ts_slot, type_slot, value_slot = _LOGDATA_SLOTS.get(buf[4:8], (1, 2, 3))
     root = _U32.unpack_from(buf, 0)[0]
-    ts_off = _field(buf, root, 1)
-    type_off = _field(buf, root, 2)
-    value_off = _field(buf, root, 3)
+    ts_off = _field(buf, root, ts_slot)
+    type_off = _field(buf, root, type_slot)
+    value_off = _field(buf, root, value_slot)
     scalar = _SCALARS.get(_U8.unpack_from(buf, root + type_off)[0]) if type_off else None
     if scalar is None or not value_off or not ts_off:
-        from streaming_data_types.logdata_f144 import deserialise_f144
+        from streaming_data_types import DESERIALISERS
 
-        data = deserialise_f144(buf)
+        data = DESERIALISERS[buf[4:8].decode()](buf)
         try:
             return int(data.timestamp_unix_ns), float(data.value)
         except TypeError:  # an array: not a counter
@@ -170,7 +177,7 @@ class Arrival:
 
 class Recorder:
     """Consumes every partition of a topic from offset 0 on a thread and notes when each
-    f144 message arrived (wall-clock ns, taken when the message reached this process).
+    f144 (or f142) message arrived (wall-clock ns, taken when it reached this process).
 
     `keep=True` stores f144 arrivals for `take()`; `first_seen` maps each key to the
     arrival time of its first f144 message (how long until a PV's first value is out).
@@ -223,7 +230,7 @@ class Recorder:
                     continue
                 value = record.value() or b""
                 self.count += 1
-                if value[4:8] != b"f144":
+                if value[4:8] not in VALUE_IDS:
                     continue
                 self.f144_count += 1
                 key = record.key() or b""

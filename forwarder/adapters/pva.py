@@ -60,6 +60,15 @@ def _raw_value(v: Value) -> Any:
     return v["value"]
 
 
+_NO_ROWS = np.zeros(0)
+
+
+def _table_columns(v: Value) -> dict[str, Any]:
+    """An NTTable's columns by name (what the nttable_* serialisers take); a column the
+    server left unset is an empty array."""
+    return {name: _NO_ROWS if column is None else column for name, column in v["value"].items()}
+
+
 def make_extractor(v: Value) -> Extract:
     """Decide, from the first update of a connection, how to read the value field."""
     try:
@@ -69,6 +78,8 @@ def make_extractor(v: Value) -> Extract:
     if not isinstance(value_type, str):  # a structure: NTEnum's {index, choices}
         if v.getID().startswith("epics:nt/NTEnum") or "index" in v["value"]:
             return _enum_index
+        if v.getID().startswith("epics:nt/NTTable"):
+            return _table_columns
         return _raw_value
     make = _SCALAR_TYPES.get(value_type)
     if make is None:  # arrays (already numpy), strings, booleans

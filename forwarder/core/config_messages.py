@@ -43,7 +43,13 @@ from streaming_data_types.forwarder_config_update_rf5k import (
     serialise_rf5k,
 )
 
-from forwarder.core.streams import VALUE_SCHEMAS, Protocol, StreamFilter, StreamSpec
+from forwarder.core.streams import (
+    PVA_ONLY_SCHEMAS,
+    STREAM_SCHEMAS,
+    Protocol,
+    StreamFilter,
+    StreamSpec,
+)
 
 SCHEMA_IDS = ("rf5k", "fc00")
 
@@ -276,8 +282,12 @@ def _problems(channel: str, schema: str, topic: str, protocol: int) -> list[str]
             f"CA record names are limited to {CA_MAX_RECORD_NAME} characters "
             f"(this one has {len(channel.partition('.')[0])}); CA cannot search for it"
         )
-    if schema not in VALUE_SCHEMAS:
-        problems.append(f"schema must be one of {', '.join(VALUE_SCHEMAS)}")
+    if schema not in STREAM_SCHEMAS:
+        problems.append(f"schema must be one of {', '.join(STREAM_SCHEMAS)}")
+    elif schema in PVA_ONLY_SCHEMAS and protocol != Protocol.PVA and protocol in _PROTOCOL_VALUES:
+        problems.append(
+            f"schema {schema} needs protocol pva (an NTTable exists only over PV Access)"
+        )
     if not topic:
         problems.append("topic is empty")
     elif topic in (".", "..") or _TOPIC_RE.fullmatch(topic) is None:

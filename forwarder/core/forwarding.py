@@ -156,7 +156,7 @@ class Channel:
         empty = False
         for out in outputs:
             try:
-                payload = out.serialiser.serialise(value, ts_ns)
+                payload = out.serialiser.serialise(value, ts_ns, severity, status_message)
             except UnsupportedValue as err:
                 payload = None
                 out.dropped += 1

@@ -28,10 +28,15 @@ class Protocol(enum.IntEnum):
             raise ValueError(f"unknown protocol {text!r} (expected one of {names})") from None
 
 
-#: Schemas a stream may ask for.  ep01 (connection) and al00 (alarm) are added automatically.
-VALUE_SCHEMAS = ("f144", "tdct")
-#: Schemas whose streams also get al00 alarm messages.
-ALARM_SCHEMAS = ("f144", "tdct")
+#: Schemas a stream may ask for: every one the ESS forwarder accepts in a config message.
+#: Every stream also gets ep01 (connection) messages; see `ALARM_SCHEMAS` for al00.
+#: `no_op` and `ep01` streams send connection messages only, `al00` streams alarms and
+#: connection messages; the others one value message per update.
+STREAM_SCHEMAS = ("f144", "f142", "tdct", "nttable_se00", "nttable_senv", "no_op", "al00", "ep01")
+#: Schemas only PVA can feed (an NTTable has no CA or fake equivalent).
+PVA_ONLY_SCHEMAS = ("nttable_se00", "nttable_senv")
+#: Schemas whose streams also get al00 alarm messages (f142 carries the alarm itself).
+ALARM_SCHEMAS = ("f144", "tdct", "nttable_se00", "nttable_senv", "al00")
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,7 +272,7 @@ BAD_INPUTS: list[tuple[Sequence[str], str]] = [
     (["add", "A:B", "--protocol", "ca"], "CHANNEL arguments need --topic"),
     (["add", "A:B", "--protocol", "tcp", "--topic", "t"], "unknown protocol 'tcp'"),
     (["add", "A:B", "--protocol", "ca", "--topic", "t", "--schema", "x5f2"],
-     "schema must be one of f144, tdct"),
+     "schema must be one of f144, f142"),
     (["add", "A:B", "--protocol", "ca", "--topic", "no spaces"],
      "topic is not a legal Kafka topic name"),
     (["add"], "no streams given"),

@@ -521,7 +521,7 @@ def test_invalid_messages_are_rejected_and_logged(harness_factory: Callable[...,
     log = h.fw.log()
     for _, reason in bad_and_good:
         assert reason in log, f"log does not mention {reason!r}:\n{log[-6000:]}"
-    for reason in ("schema must be one of f144, tdct", "topic is empty"):
+    for reason in ("schema must be one of f144, f142", "topic is empty"):
         assert reason in log, f"log does not mention {reason!r}:\n{log[-6000:]}"
     rejected = [line for line in log.splitlines() if "Ignored" in line]
     assert len(rejected) >= len(bad_and_good) + 2, "\n".join(rejected)

@@ -41,3 +41,16 @@ def test_throughput_mode_reports_every_figure(protocol: str) -> None:
     for key in ("forwarder_cpu_s_per_1000", "baseline_cpu_s_per_1000", "p99_above_floor_ms",
                 "p99_above_loaded_floor_ms", "peak_rss_mb", "threads"):  # fmt: skip
         assert isinstance(result[key], int | float), key
+
+
+@pytest.mark.timeout(300)
+def test_f142_schema_is_measured_like_f144() -> None:
+    """`--schema f142`: the counters arrive as f142 and are checked for loss like f144's."""
+    result = run_benchmark(
+        "--protocol", "ca", "--schema", "f142", "--pvs", "5", "--rate", "20", "--seconds", "3",
+        "--warmup", "1", "--no-floor", "--no-baseline",
+    )  # fmt: skip
+    assert result["schema"] == "f142"
+    assert result["loss_fraction"] == 0.0 and result["errors"] == 0
+    assert result["forwarded_per_s"] == pytest.approx(100, rel=0.2)
+    assert isinstance(result["forwarder_cpu_s_per_1000"], int | float)

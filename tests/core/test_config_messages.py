@@ -141,7 +141,8 @@ def test_invalid_streams_are_rejected_and_valid_ones_of_the_same_message_kept() 
         )
     )
     assert "'BAD CHANNEL'" in reasons["space"] and "whitespace" in reasons["space"]
-    assert "'xyz1'" in reasons["schema"] and "f144, tdct" in reasons["schema"]
+    assert "'xyz1'" in reasons["schema"]
+    assert "f144, f142, tdct, nttable_se00, nttable_senv, no_op, al00, ep01" in reasons["schema"]
     assert "'bad topic!'" in reasons["topic"] and "Kafka topic" in reasons["topic"]
     assert "unknown protocol 9" in reasons["protocol"]
     assert "channel is empty" in reasons["empty_channel"]
@@ -357,3 +358,35 @@ def test_ca_record_name_longer_than_ca_can_search_for_is_rejected() -> None:
     assert len(command.rejected) == 2
     for reason in command.rejected:
         assert "59 characters" in reason and "has 60" in reason and "protocol=ca" in reason
+
+
+ESS_SCHEMAS = ("f142", "f144", "tdct", "no_op", "al00", "ep01")
+
+
+@pytest.mark.parametrize("protocol", [Protocol.CA, Protocol.PVA, Protocol.FAKE])
+def test_every_schema_the_ess_forwarder_accepts_is_accepted(protocol: Protocol) -> None:
+    rows = [(f"PV:{s}", s, "t", int(protocol), 0) for s in ESS_SCHEMAS]
+    command = decode_config_message(fc00(0, *rows), False)
+    assert [s.schema for s in command.streams] == list(ESS_SCHEMAS)
+    assert command.rejected == []
+
+
+def test_nttable_schemas_are_pva_only() -> None:
+    rows = [
+        ("T:1", "nttable_se00", "t", int(Protocol.PVA), 0),
+        ("T:2", "nttable_senv", "t", int(Protocol.PVA), 0),
+        ("T:3", "nttable_se00", "t", int(Protocol.CA), 0),
+        ("T:4", "nttable_senv", "t", int(Protocol.FAKE), 0),
+    ]
+    command = decode_config_message(fc00(0, *rows), False)
+    assert [s.channel for s in command.streams] == ["T:1", "T:2"]
+    assert len(command.rejected) == 2
+    assert "'T:3'" in command.rejected[0] and "needs protocol pva" in command.rejected[0]
+    assert "'T:4'" in command.rejected[1] and "needs protocol pva" in command.rejected[1]
+
+
+@pytest.mark.parametrize("schema", ["F142", "f143", "se00", "senv", "nttable", "x5f2"])
+def test_other_schemas_are_rejected_naming_the_accepted_ones(schema: str) -> None:
+    with pytest.raises(ConfigMessageError) as info:
+        decode_config_message(fc00(0, ("PV", schema, "t", 1, 0)), False)
+    assert "schema must be one of f144, f142, tdct, nttable_se00, nttable_senv" in str(info.value)

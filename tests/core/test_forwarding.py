@@ -420,7 +420,9 @@ def test_string_on_tdct_is_dropped_as_unsupported() -> None:
 
 def test_serialiser_exception_is_counted_and_does_not_stop_other_streams() -> None:
     class Exploding:
-        def serialise(self, value: Any, timestamp_ns: int) -> bytes | None:
+        def serialise(
+            self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
+        ) -> bytes | None:
             raise ZeroDivisionError("boom")
 
     h = Harness()
@@ -675,3 +677,77 @@ def test_failing_unsubscribe_is_counted_and_reported_and_the_remove_completes() 
     assert list(h.core.channels) == [(Protocol.CA, "PV:B")]
     assert h.core.counters.monitor_stop_errors == 1
     assert h.reporter.keys() == ["unsubscribe:PV:A"]
+
+
+# -- other ESS schemas: f142, NTTable, streams without values ----------------------------
+def test_f142_carries_the_alarm_itself_and_gets_no_al00() -> None:
+    from streaming_data_types.fbschemas.logdata_f142.AlarmSeverity import AlarmSeverity
+    from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
+    from streaming_data_types.logdata_f142 import deserialise_f142
+
+    from tests.support.kafka import allow_f142_with_numpy2
+
+    allow_f142_with_numpy2()
+    h = Harness()
+    out = h.add("PV:142", schema="f142", topic="t", periodic=True)
+    listener = h.subs.listener("PV:142")
+    ts = recent_ns(5)
+    listener.on_connection(ConnectionState.CONNECTED, ts - 1)
+    listener.on_update(np.int32(4), ts, 0, "")
+    listener.on_update(np.array([1.5, 2.5]), ts + 1, 2, "HIHI")
+    decoded = [deserialise_f142(m.payload) for m in h.sink.of(b"f142")]
+    assert [(d.alarm_severity, d.alarm_status) for d in decoded] == [
+        (AlarmSeverity.NO_ALARM, AlarmStatus.NO_ALARM),
+        (AlarmSeverity.MAJOR, AlarmStatus.HIHI),
+    ]
+    assert decoded[0].value == 4 and decoded[1].value.tolist() == [1.5, 2.5]
+    assert h.sink.of(b"al00") == []
+    assert [e.status for e in ep01s(h.sink)] == [ConnectionInfo.CONNECTED]
+    h.sink.clear()
+    assert h.core.resend(out, 123) == 2  # value (alarm inside) and connection
+    assert [m.schema for m in h.sink.sent] == [b"f142", b"ep01"]
+
+
+@pytest.mark.parametrize("schema", ["no_op", "ep01"])
+def test_connection_only_schemas(schema: str) -> None:
+    h = Harness()
+    out = h.add("PV:NOOP", schema=schema, topic="t")
+    listener = h.subs.listener("PV:NOOP")
+    ts = recent_ns(5)
+    listener.on_connection(ConnectionState.CONNECTED, ts - 1)
+    listener.on_update(1.0, ts, 2, "HIHI")
+    listener.on_connection(ConnectionState.DISCONNECTED, ts + 1)
+    assert [m.schema for m in h.sink.sent] == [b"ep01", b"ep01"]
+    assert out.dropped == 0 and h.core.counters.drops[Drop.UNSUPPORTED_TYPE] == 0
+
+
+def test_al00_schema_sends_alarms_and_connection_but_no_values() -> None:
+    h = Harness()
+    h.add("PV:AL", schema="al00", topic="t")
+    listener = h.subs.listener("PV:AL")
+    ts = recent_ns(5)
+    listener.on_connection(ConnectionState.CONNECTED, ts - 1)
+    listener.on_update(1.0, ts, 0, "")
+    listener.on_update(2.0, ts + 1, 1, "LOW")
+    assert [m.schema for m in h.sink.sent] == [b"ep01", b"al00", b"al00"]
+
+
+def test_nttable_stream_forwards_tables_and_drops_non_tables_once_reported() -> None:
+    from streaming_data_types.array_1d_se00 import deserialise_se00
+
+    h = Harness()
+    out = h.add("PV:TAB", schema="nttable_se00", topic="t", protocol=Protocol.PVA)
+    listener = h.subs.listener("PV:TAB", Protocol.PVA)
+    ts = recent_ns(5)
+    listener.on_connection(ConnectionState.CONNECTED, ts - 1)
+    table = {"value": np.array([1.0, 2.0]), "timestamp": np.array([ts, ts + 10])}
+    listener.on_update(table, ts, 0, "")
+    listener.on_update({"value": np.zeros(0), "timestamp": np.zeros(0, np.int64)}, ts + 1, 0, "")
+    [se00] = [deserialise_se00(m.payload) for m in h.sink.of(b"se00")]
+    assert se00.values.tolist() == [1.0, 2.0] and se00.timestamp_unix_ns == ts
+    listener.on_update(3.0, ts + 2, 1, "LOW")
+    listener.on_update(4.0, ts + 3, 1, "LOW")
+    assert out.dropped == 2 and h.core.counters.drops[Drop.UNSUPPORTED_TYPE] == 2
+    assert len([k for k in h.reporter.keys() if k.startswith("unsupported:")]) == 1
+    assert [a.severity for a in al00s(h.sink)] == [Severity.OK, Severity.MINOR]
+    assert len(ep01s(h.sink)) == 1

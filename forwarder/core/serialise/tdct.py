@@ -50,7 +50,9 @@ class TdctSerialiser:
         self._head, length_pos = _template(source_name)
         self._pack = struct.Struct(f"<{length_pos}sI").pack
 
-    def serialise(self, value: Any, timestamp_ns: int) -> bytes | None:
+    def serialise(
+        self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
+    ) -> bytes | None:
         """Message with `timestamp_ns + value` (wrapping uint64), None when value is empty."""
         if isinstance(value, str | bytes):
             raise unsupported("tdct", value)

@@ -1,0 +1,199 @@
+"""f142 (LogData, the predecessor of f144) serialiser built from patched templates.
+
+f142 carries the alarm inside every value message (status and severity fields) instead of
+in separate al00 messages.  The templates are built like f144's (see `f144`), with the
+severity, status and timestamp fields next to each other in the root table: one
+`struct.pack` patches all three and the value, so an f142 update costs what an f144 one
+does.
+
+Alarm values follow the ESS forwarder: EPICS severity 0..3 becomes f142's NO_ALARM, MINOR,
+MAJOR, INVALID (whose enum numbers differ from EPICS'); the alarm status is matched by
+name (CA's condition names such as "HIHI", also with the "_ALARM" suffix that PVA servers
+may use), and a status f142 has no name for is sent as UDF, as the ESS forwarder does.
+Differences, chosen because they report an alarm-free PV as alarm-free: an empty status
+text with severity 0 is NO_ALARM (the ESS forwarder sends UDF for a PVA PV without alarm),
+and an unknown severity is INVALID rather than an error.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from streaming_data_types.fbschemas.logdata_f142 import LogData as fb
+from streaming_data_types.fbschemas.logdata_f142.AlarmSeverity import AlarmSeverity
+from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
+from streaming_data_types.fbschemas.logdata_f142.Value import Value
+
+from ._common import field_position, follow, root_table
+from ._logdata import MEMBERS, Encoder, LogDataSerialiser, ScalarEncoder
+
+_FILE_IDENTIFIER = b"f142"
+_VALUE_SLOT = 2
+_TIMESTAMP_SLOT = 3
+_STATUS_SLOT = 4
+_SEVERITY_SLOT = 5
+
+#: EPICS severity (0..3) -> f142 AlarmSeverity.
+SEVERITY_TO_F142: dict[int, int] = {
+    0: AlarmSeverity.NO_ALARM,
+    1: AlarmSeverity.MINOR,
+    2: AlarmSeverity.MAJOR,
+    3: AlarmSeverity.INVALID,
+}
+#: EPICS alarm condition names, in CA wire order (the record's STAT field).
+_EPICS_STATUS_NAMES = (
+    "NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS", "COMM",
+    "TIMEOUT", "HWLIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF", "DISABLE",
+    "SIMM", "READ_ACCESS", "WRITE_ACCESS",
+)  # fmt: skip
+
+
+def _status_table() -> dict[str, int]:
+    """Status text as adapters deliver it -> f142 AlarmStatus (numbers as on CA's wire)."""
+    table: dict[str, int] = {"": AlarmStatus.NO_ALARM}
+    for number, name in enumerate(_EPICS_STATUS_NAMES):
+        table[name] = number
+        table[name + "_ALARM"] = number
+    table["TIMED"] = table["TIMED_ALARM"] = AlarmStatus.TIMED
+    if AlarmStatus.TIMED != table["TIMEOUT"] or AlarmStatus.WRITE_ACCESS != 21:
+        raise RuntimeError("f142 AlarmStatus does not follow EPICS' numbering")
+    return table
+
+
+#: Status text -> f142 AlarmStatus.
+STATUS_TO_F142: dict[str, int] = _status_table()
+
+
+def alarm_word(severity: int, status: str) -> int:
+    """The 32-bit word the templates patch in: f142 severity (low half), status (high)."""
+    return SEVERITY_TO_F142.get(severity, AlarmSeverity.INVALID) | (
+        STATUS_TO_F142.get(status, AlarmStatus.UDF) << 16
+    )
+
+
+def _finish(builder: flatbuffers.Builder, name: int, member: int, value: int) -> bytes:
+    fb.LogDataStart(builder)
+    fb.LogDataAddSourceName(builder, name)
+    fb.LogDataAddValueType(builder, member)
+    fb.LogDataAddValue(builder, value)
+    fb.LogDataAddTimestamp(builder, 0)
+    fb.LogDataAddStatus(builder, 0)
+    fb.LogDataAddSeverity(builder, 0)
+    builder.Finish(fb.LogDataEnd(builder), file_identifier=_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _alarm_and_timestamp(buf: bytes) -> int:
+    """Position of the severity field, checked to be followed by status and timestamp.
+
+    The builder lays fields out in reverse order of addition, so severity (u16), status
+    (u16) and timestamp (u64) form one 12-byte run that a single `<Iq` patches.
+    """
+    root = root_table(buf)
+    sev = field_position(buf, root, _SEVERITY_SLOT)
+    if (
+        field_position(buf, root, _STATUS_SLOT) != sev + 2
+        or field_position(buf, root, _TIMESTAMP_SLOT) != sev + 4
+    ):
+        raise RuntimeError("unexpected f142 template layout")
+    return sev
+
+
+class _F142Templates:
+    schema = "f142"
+
+    @staticmethod
+    def scalar(source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder:
+        """Build the scalar template for `dtype` and return a function patching it."""
+        suffix, code, flags = MEMBERS[dtype]
+        builder = flatbuffers.Builder(128)
+        builder.ForceDefaults(True)  # zero values must still occupy a slot we can patch
+        name = builder.CreateString(source_name)
+        builder.StartObject(1)
+        builder.PrependSlot(flags, 0, 0, 0)
+        value = builder.EndObject()
+        buf = _finish(builder, name, getattr(Value, suffix), value)
+
+        sev_pos = _alarm_and_timestamp(buf)
+        value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
+        val_pos = field_position(buf, value_table, 0)
+        size = struct.calcsize("<" + code)
+        if not sev_pos + 12 <= val_pos:
+            raise RuntimeError("unexpected f142 template layout")
+        pack = struct.Struct(
+            f"<{sev_pos}sIq{val_pos - sev_pos - 12}s{code}{len(buf) - val_pos - size}s"
+        ).pack
+        head, middle = buf[:sev_pos], buf[sev_pos + 12 : val_pos]
+        tail = buf[val_pos + size :]
+
+        def encode(value: Any, timestamp_ns: int, alarm: int) -> bytes:
+            return pack(head, alarm, timestamp_ns, middle, value, tail)
+
+        return encode
+
+    @staticmethod
+    def array(source_name: str, dtype: np.dtype[Any]) -> Encoder:
+        """Build the array template for little-endian `dtype`; the result takes 1-d arrays."""
+        suffix, _, _ = MEMBERS[dtype]
+        builder = flatbuffers.Builder(128)
+        builder.ForceDefaults(True)
+        # Built first, so it lands last in the buffer; 8 bytes of data leave no end padding.
+        vector = builder.CreateNumpyVector(np.zeros(8 // dtype.itemsize, dtype))
+        name = builder.CreateString(source_name)
+        builder.StartObject(1)
+        builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+        value = builder.EndObject()
+        buf = _finish(builder, name, getattr(Value, "Array" + suffix), value)
+
+        sev_pos = _alarm_and_timestamp(buf)
+        value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
+        length_pos = follow(buf, field_position(buf, value_table, 0))
+        if length_pos + 4 + 8 != len(buf) or not sev_pos + 12 <= length_pos:
+            raise RuntimeError("unexpected f142 array template layout")
+        pack = struct.Struct(f"<{sev_pos}sIq{length_pos - sev_pos - 12}sI").pack
+        head, middle = buf[:sev_pos], buf[sev_pos + 12 : length_pos]
+        join: Callable[[Iterable[Any]], bytes] = b"".join  # takes ndarrays (buffer protocol)
+
+        def encode(array: np.ndarray, timestamp_ns: int, alarm: int) -> bytes | None:
+            count = array.shape[0]
+            if not count:
+                return None
+            header = pack(head, alarm, timestamp_ns, middle, count)
+            try:
+                return join((header, array))
+            except TypeError:  # not C-contiguous, so no flat buffer view
+                return join((header, np.ascontiguousarray(array)))
+
+        return encode
+
+
+_TEMPLATES = _F142Templates()
+_SEVERITY = SEVERITY_TO_F142.get
+_STATUS = STATUS_TO_F142.get
+_INVALID = AlarmSeverity.INVALID
+_UDF = AlarmStatus.UDF
+
+
+class F142Serialiser(LogDataSerialiser):
+    """Turns one PV's updates into f142 messages, alarm included, for `source_name`."""
+
+    __slots__ = ()
+
+    def __init__(self, source_name: str) -> None:
+        super().__init__(source_name, _TEMPLATES)
+
+    def serialise(
+        self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
+    ) -> bytes | None:
+        """f142 message for `value` at `timestamp_ns` (unix ns) with the PV's alarm
+        (EPICS severity 0..3, status text as the adapters give it); None for an empty
+        array."""
+        encode = self._by_type.get(type(value))
+        if encode is None:
+            encode = self._resolve(value)
+        alarm = _SEVERITY(severity, _INVALID) | _STATUS(status, _UDF) << 16
+        return encode(value, timestamp_ns, alarm)
