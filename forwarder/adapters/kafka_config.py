@@ -9,6 +9,7 @@ connecting is not missed, and it picks up partitions (or the whole topic) that a
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -52,6 +53,19 @@ def _consumer(config: Mapping[str, Any]) -> Consumer:
     conf["group.id"] = f"forwarder-{uuid.uuid4()}"  # never joined; required by librdkafka
     conf.update(config)
     return Consumer(with_kafka_logger(conf))
+
+
+def merge_partitions(fetched: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """Values of `(partition, timestamp_ms, value)` records (each partition's in offset
+    order), merged across partitions by timestamp without reordering any partition."""
+    by_partition: dict[int, list[tuple[int, bytes]]] = {}
+    for partition, ts, value in fetched:
+        by_partition.setdefault(partition, []).append((ts, value))
+    if len(by_partition) == 1:
+        return [value for _, _, value in fetched]
+    # heapq.merge only ever takes the head of each input, so each partition's order stays.
+    merged = heapq.merge(*by_partition.values(), key=lambda record: record[0])
+    return [value for _, value in merged]
 
 
 class ConfigTopicConsumer:
@@ -151,12 +165,14 @@ class ConfigTopicConsumer:
         return True
 
     def poll(self, timeout_s: float) -> list[bytes]:
-        """The config messages that arrived, oldest first; never raises on broker trouble.
+        """The config messages that arrived, in the order to apply them; never raises on
+        broker trouble.
 
-        Messages fetched together from several partitions are put in timestamp order: a
-        config topic should have one partition, but one auto-created by a broker may have
-        more, and an ADD followed at once by a REMOVE must not be applied the other way
-        round.
+        Within a partition that is offset order, whatever the timestamps say: they come
+        from the producers' clocks, and a REMOVE sent right after an ADD from a host whose
+        clock is behind must still come second.  A config topic should have one partition;
+        messages fetched together from several (a topic auto-created by a broker) are
+        merged by timestamp, each partition's own order kept (`merge_partitions`).
         """
         now = time.monotonic()
         if now >= self._next_refresh:
@@ -171,7 +187,7 @@ class ConfigTopicConsumer:
             log.error("config consumer failed: %s", err)
             return []
         found: list[tuple[int, int, bytes]] = []
-        for i, msg in enumerate(msgs):
+        for msg in msgs:
             problem = msg.error()
             if problem is not None:
                 if problem.code() != KafkaError._PARTITION_EOF:
@@ -186,10 +202,10 @@ class ConfigTopicConsumer:
                 log.debug("config topic %r: skipping message from before start", self.topic)
                 continue
             value = msg.value()
-            found.append((ts, i, bytes(value) if value is not None else b""))
-        if len(found) > 1:
-            found.sort()
-        return [value for _, _, value in found]
+            found.append((msg.partition() or 0, ts, bytes(value) if value is not None else b""))
+        if len(found) == 1:
+            return [found[0][2]]
+        return merge_partitions(found)
 
     def close(self) -> None:
         self.alive = False

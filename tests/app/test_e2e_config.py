@@ -320,6 +320,28 @@ def test_rf5k_add_remove_removeall(harness_factory: Callable[..., Harness]) -> N
     assert not seen[t1] and not seen[t2], f"forwarded after REMOVEALL: {seen}"
 
 
+def test_offset_order_wins_over_producer_clocks(harness_factory: Callable[..., Harness]) -> None:
+    """An ADD and then a REMOVE stamped a second earlier (its producer's clock is behind),
+    fetched together: the REMOVE is applied second and the stream stays removed."""
+    h = harness_factory()
+    t, sentinel = topics(2, "order")
+    now = now_ms()
+    h.sent_ms = now
+    # One producer with a long linger, so the three land in one batch and are fetched and
+    # handed to the forwarder together.
+    producer = Producer({"bootstrap.servers": h.bootstrap, "linger.ms": 200, "log_level": 0})
+    for payload, ts in (
+        (rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:X", t)), now),
+        (rf5k(Rf5kUpdateType.REMOVE, remove_rf5k(channel="FAKE:X")), now - 1000),
+        (rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:S", sentinel)), now),
+    ):
+        producer.produce(h.fw.config_topic, payload, b"config", timestamp=ts)
+    assert producer.flush(10.0) == 0
+    h.reader(t)
+    h.expect([("FAKE:S", sentinel, "f144")], {sentinel: ["FAKE:S"]})
+    assert not h.forwarding({sentinel: ["FAKE:S"]}, now)[t], "FAKE:X still forwarded"
+
+
 def test_fc00_add_remove_removeall_replace(harness_factory: Callable[..., Harness]) -> None:
     h = harness_factory()
     t1, t2, sentinel = topics(3)
