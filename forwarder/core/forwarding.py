@@ -133,10 +133,9 @@ class Channel:
         counters = core.counters
         counters.updates_received += 1
         now_ns = core.time_ns()
-        ts_ns, reason = core.policy.check(timestamp_ns, self.previous_ts_ns, now_ns)
+        ts_ns, drop = core.policy.check(timestamp_ns, self.previous_ts_ns, now_ns)
         outputs = self.outputs
-        if reason is not None:
-            drop = Drop(reason.value)
+        if drop is not None:
             counters.drop(drop)
             for out in outputs:
                 out.dropped += 1
