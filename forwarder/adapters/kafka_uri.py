@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from forwarder.core.streams import is_legal_topic
+
 #: Canonical spelling of every SASL mechanism we accept, keyed by upper-case input.
 SASL_MECHANISMS = {m.upper(): m for m in ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")}
 #: librdkafka `security.protocol` values.
@@ -24,8 +26,6 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
 #: librdkafka's port for a broker given without one.
 DEFAULT_KAFKA_PORT = 9092
 
-# Kafka's own rule for topic names (see kafka.common.internals.Topic).
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _REDACT_MARKERS = ("password", "secret")
 
@@ -140,7 +140,7 @@ def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
     if slash:
         if not topic_text:
             raise ValueError("topic after '/' is empty")
-        if not _TOPIC_RE.match(topic_text) or topic_text in (".", ".."):
+        if not is_legal_topic(topic_text):
             raise ValueError(
                 f"invalid topic name {topic_text!r} (allowed: letters, digits, '.', '_', '-')"
             )

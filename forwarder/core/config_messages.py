@@ -22,7 +22,6 @@ Decisions about empty results (documented here because callers log them differen
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,12 +48,11 @@ from forwarder.core.streams import (
     Protocol,
     StreamFilter,
     StreamSpec,
+    is_legal_topic,
 )
 
 SCHEMA_IDS = ("rf5k", "fc00")
 
-#: Kafka's own rule for topic names (kafka.common.internals.Topic).
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PROTOCOL_VALUES = frozenset(int(p) for p in Protocol)
 #: How many rejection reasons an error line quotes before summarising the rest.
 _MAX_REASONS_IN_ERROR = 3
@@ -290,7 +288,7 @@ def _problems(channel: str, schema: str, topic: str, protocol: int) -> list[str]
         )
     if not topic:
         problems.append("topic is empty")
-    elif topic in (".", "..") or _TOPIC_RE.fullmatch(topic) is None:
+    elif not is_legal_topic(topic):
         problems.append("topic is not a legal Kafka topic name ([a-zA-Z0-9._-], max 249 chars)")
     if protocol not in _PROTOCOL_VALUES:
         problems.append(f"unknown protocol {protocol}")

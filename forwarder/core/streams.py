@@ -8,6 +8,7 @@ its own so that removing one never stops another.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -71,3 +72,12 @@ class StreamFilter:
     channel: str = ""
     schema: str = ""
     topic: str = ""
+
+
+#: Kafka's own rule for topic names (kafka.common.internals.Topic): 1 to 249 of these.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def is_legal_topic(name: str) -> bool:
+    """Whether Kafka accepts `name` as a topic (config streams and URIs use the same rule)."""
+    return name not in (".", "..") and _TOPIC_NAME.fullmatch(name) is not None
