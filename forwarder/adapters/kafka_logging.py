@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
+
+from forwarder.core.ratelimit import RepeatLimiter
 
 _DIGITS = re.compile(r"\d+")
 
@@ -19,25 +22,21 @@ _DIGITS = re.compile(r"\d+")
 class RepeatFilter(logging.Filter):
     """Pass a message once per `interval_s`; identical up to numbers counts as the same."""
 
-    def __init__(self, interval_s: float = 30.0) -> None:
+    def __init__(
+        self, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
-        self.interval_s = interval_s
-        self._seen: dict[str, tuple[float, int]] = {}
+        # Keys are library text: bounded so that varied messages cannot grow it forever.
+        self._limiter = RepeatLimiter(interval_s, max_keys=1000, clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        key = _DIGITS.sub("#", text)[:200]
-        now = time.monotonic()
-        last = self._seen.get(key)
-        if last is not None and now - last[0] < self.interval_s:
-            self._seen[key] = (last[0], last[1] + 1)
+        admitted = self._limiter.admit(_DIGITS.sub("#", text)[:200])
+        if admitted is None:
             return False
-        if last is not None and last[1]:
-            record.msg = f"{text} ({last[1]} similar messages suppressed)"
+        if admitted[0]:
+            record.msg = f"{text} ({admitted[0]} similar messages suppressed)"
             record.args = None
-        self._seen[key] = (now, 0)
-        if len(self._seen) > 1000:
-            self._seen.clear()
         return True
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterable
 import graypy
 import graypy.handler
 
+from forwarder.adapters.kafka_uri import parse_host_port
+from forwarder.core.ratelimit import RepeatLimiter
+
 TRACE = 5
 _FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 _REDACTED = "***"
@@ -90,10 +93,23 @@ def parse_level(level: str) -> int:
     return number
 
 
-def _file_handler(path: str) -> logging.Handler:
+def log_folder_problem(path: str) -> str | None:
+    """Why a log file cannot be created at `path` because of its folder, or None.
+
+    Checked when the options are parsed (exit 2 naming --log-file) and again when the file
+    is opened; a missing folder is the operator's most common mistake, so it gets a clearer
+    line than the bare OS error.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise LoggingSetupError(f"cannot write log file {path!r}: folder {folder!r} does not exist")
+        return f"directory {folder!r} for the log file does not exist"
+    return None
+
+
+def _file_handler(path: str) -> logging.Handler:
+    problem = log_folder_problem(path)
+    if problem is not None:
+        raise LoggingSetupError(f"cannot write log file {path!r}: {problem}")
     try:
         return logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
@@ -107,26 +123,27 @@ class _GelfHandler(graypy.GELFUDPHandler):  # type: ignore[misc]
     unreachable Graylog host would bury the console output.
     """
 
-    _complain_every_s = 60.0
-
     def __init__(self, host: str, port: int, localname: str) -> None:
         super().__init__(host, port, localname=localname)
-        self._last_complaint = -self._complain_every_s
+        self._complaints = RepeatLimiter(60.0)
 
     def handleError(self, record: logging.LogRecord) -> None:
-        now = time.monotonic()
-        if now - self._last_complaint >= self._complain_every_s:
-            self._last_complaint = now
-            error = sys.exc_info()[1]
-            sys.stderr.write(f"Cannot send log to Graylog {self.host}:{self.port}: {error}\n")
+        admitted = self._complaints.admit("send")
+        if admitted is None:
+            return
+        failed_since = f" ({admitted[0]} more failures before)" if admitted[0] else ""
+        error = sys.exc_info()[1]
+        sys.stderr.write(
+            f"Cannot send log to Graylog {self.host}:{self.port}: {error}{failed_since}\n"
+        )
 
 
 def _graylog_handler(address: str, host: str) -> logging.Handler:
-    name, _, port = address.rpartition(":")
-    name = name.strip("[]")
-    if not name or not port.isdigit():
-        raise LoggingSetupError(f"Graylog address {address!r} is not host:port")
-    return _GelfHandler(name, int(port), localname=host)
+    try:
+        name, port = parse_host_port(address)
+    except ValueError as exc:
+        raise LoggingSetupError(f"Graylog address {address!r} is not host:port: {exc}") from None
+    return _GelfHandler(name, port, localname=host)
 
 
 _CHATTY_LIBRARIES = ("caproto", "p4p", "pvxs")
@@ -202,27 +219,17 @@ class RateLimitedLogger:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._logger = logger
-        self._interval = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> (time of last emitted line, suppressed since then)
-        self._state: dict[str, tuple[float, int]] = {}
+        self._limiter = RepeatLimiter(interval_s, clock=clock)
 
     def log(self, level: int, key: str, msg: str, *args: object) -> bool:
         """Emit unless `key` was logged within the interval; True when emitted."""
-        now = self._clock()
-        with self._lock:
-            last = self._state.get(key)
-            if last is not None and now - last[0] < self._interval:
-                self._state[key] = (last[0], last[1] + 1)
-                return False
-            suppressed = last[1] if last is not None else 0
-            self._state[key] = (now, 0)
+        admitted = self._limiter.admit(key)
+        if admitted is None:
+            return False
+        suppressed, since_s = admitted
         text = msg % args if args else msg
-        if suppressed and last is not None:
-            text += (
-                f" ({suppressed} similar message(s) suppressed in the last {now - last[0]:.0f} s)"
-            )
+        if suppressed:
+            text += f" ({suppressed} similar message(s) suppressed in the last {since_s:.0f} s)"
         self._logger.log(level, "%s", text)
         return True
 

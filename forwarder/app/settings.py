@@ -36,6 +36,7 @@ from forwarder.adapters.kafka_uri import (
     parse_kafka_setting,
     parse_kafka_uri,
 )
+from forwarder.app.logging_setup import log_folder_problem
 
 ENV_PREFIX = "FORWARDER_"
 VERBOSITY_LEVELS = ("Trace", "Debug", "Info", "Warning", "Error", "Critical")
@@ -111,9 +112,9 @@ def existing_file(text: str) -> str:
 
 def log_file(text: str) -> str:
     path = text.strip()
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"directory {folder!r} for the log file does not exist")
+    problem = log_folder_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from forwarder.app.cli import parse_args
 from forwarder.app.logging_setup import (
     TRACE,
     LoggingSetupError,
@@ -107,6 +108,23 @@ def test_unknown_level_and_bad_graylog_address() -> None:
         setup_logging("loud", None, None, "svc")
     with pytest.raises(LoggingSetupError, match="not host:port"):
         setup_logging("Info", None, "graylog", "svc")
+
+
+_REQUIRED_ARGS = [
+    *("--config-topic", "localhost:9092/config", "--status-topic", "localhost:9092/status"),
+    *("--output-broker", "localhost:9092"),
+]
+
+
+@pytest.mark.parametrize(
+    "address", ["graylog:99999", "graylog:0", "bad host:12201", "[::1:12201", "graylog:"]
+)
+def test_graylog_address_follows_the_option_parser(address: str) -> None:
+    """The same rule as --graylog-logger-address (one host:port parser for both)."""
+    with pytest.raises(LoggingSetupError, match="not host:port"):
+        setup_logging("Info", None, address, "svc")
+    with pytest.raises(SystemExit):
+        parse_args([*_REQUIRED_ARGS, "--graylog-logger-address", address])
 
 
 def test_gelf_messages_carry_service_id_and_host(gelf_listener: socket.socket) -> None:

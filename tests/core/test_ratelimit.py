@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import threading
+
+from forwarder.core.ratelimit import RepeatLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_admits_once_per_interval_and_counts_what_it_held_back() -> None:
+    clock = Clock()
+    limiter = RepeatLimiter(10.0, clock=clock)
+    assert limiter.admit("a") == (0, 0.0)
+    for _ in range(3):
+        clock.now += 2
+        assert limiter.admit("a") is None
+    assert limiter.admit("b") == (0, 0.0)  # keys are independent
+    clock.now = 110.0
+    assert limiter.admit("a") == (3, 10.0)
+    clock.now = 125.0
+    assert limiter.admit("a") == (0, 15.0)  # nothing held back since
+
+
+def test_max_keys_forgets_instead_of_growing() -> None:
+    clock = Clock()
+    limiter = RepeatLimiter(10.0, max_keys=2, clock=clock)
+    assert limiter.admit("a") == (0, 0.0)
+    assert limiter.admit("b") == (0, 0.0)
+    assert limiter.admit("a") is None
+    assert limiter.admit("c") == (0, 0.0)  # memory full: forgotten, "c" starts afresh
+    assert limiter.admit("a") == (0, 0.0)  # "a" was forgotten too
+
+
+def test_counts_are_exact_under_concurrent_callers() -> None:
+    limiter = RepeatLimiter(3600.0)
+    admitted: list[object] = []
+
+    def hammer() -> None:
+        for _ in range(1000):
+            if limiter.admit("k") is not None:
+                admitted.append(1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 1
+    limiter.interval_s = 0.0
+    result = limiter.admit("k")
+    assert result is not None and result[0] == 4 * 1000 - 1  # every held-back call counted
