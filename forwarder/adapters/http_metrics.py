@@ -1,4 +1,4 @@
-"""Prometheus `/metrics` and a `/healthz` probe on `--http-port`.
+"""Prometheus `/metrics`, a `/healthz` probe and the operator page on `--http-port`.
 
 Metrics are read from the core's plain counters at scrape time (a custom collector), so the
 per-update path never touches a prometheus_client lock.
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -26,6 +26,9 @@ from prometheus_client.registry import CollectorRegistry
 from forwarder.core.counters import ProcessCounters
 from forwarder.core.events import ConnectionState
 from forwarder.core.forwarding import ForwardingCore
+
+if TYPE_CHECKING:
+    from forwarder.adapters.web_ui import WebUi
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +113,64 @@ class ForwarderCollector:
 
 
 class MetricsServer:
-    """A small threaded HTTP server: GET /metrics, GET /healthz."""
+    """A small threaded HTTP server: GET /metrics, GET /healthz, and the page (`web`)."""
 
     def __init__(
-        self, port: int, collector: ForwarderCollector, health: HealthSources, host: str = ""
+        self,
+        port: int,
+        collector: ForwarderCollector,
+        health: HealthSources,
+        host: str = "",
+        web: WebUi | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)  # type: ignore[arg-type]
         self.health = health
+        self.web = web
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _web(self, method: str) -> bool:
+                """Hand page and API requests to the web UI; False when not one of its."""
+                path = self.path.split("?", 1)[0]
+                if web is None or not web.handles(path):
+                    return False
+                body = b""
+                if method == "POST":
+                    try:
+                        length = int(self.headers.get("Content-Length") or 0)
+                    except ValueError:
+                        length = -1
+                    from forwarder.adapters.web_ui import MAX_BODY_BYTES
+
+                    if not 0 <= length <= MAX_BODY_BYTES:
+                        self._reply(413, b'{"error":"bad or too large body"}', "application/json")
+                        return True
+                    body = self.rfile.read(length)
+                reply = web.handle(
+                    method, self.path, dict(self.headers.items()), body, self.client_address[0]
+                )
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(reply.body)
+                return True
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                if not self._web("POST"):
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+                if not self._web("HEAD"):
+                    self._reply(404, b"", "text/plain")
+
             def do_GET(self) -> None:  # noqa: N802 - http.server API
+                if self._web("GET"):
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     body = generate_latest(server.registry)
@@ -169,3 +218,5 @@ class MetricsServer:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        if self.web is not None:
+            self.web.close()

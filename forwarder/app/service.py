@@ -151,9 +151,16 @@ class ForwarderService:
                 "config_consumer": self._check_control_loop,
             }
         )
-        self.metrics_server = MetricsServer(port, collector, health)
+        from forwarder.app.web_wiring import make_web_ui
+
+        web = make_web_ui(self)
+        self.metrics_server = MetricsServer(port, collector, health, web=web)
         self.metrics_server.start()
-        log.info("Serving /metrics and /healthz on port %d", self.metrics_server.port)
+        log.info(
+            "Serving /metrics, /healthz and the %s web page on port %d",
+            "read-write" if web.writable else "read-only",
+            self.metrics_server.port,
+        )
 
     def _check_producer(self) -> tuple[bool, str]:
         if self.sink.broker_reachable(timeout_s=2.0):

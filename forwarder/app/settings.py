@@ -267,7 +267,16 @@ class Settings:
     )
     status_interval: int = option("ms between status messages", int_in(1, _MAX_MS), default=4000)
     http_port: int | None = option(
-        "serve Prometheus /metrics and /healthz on this port", int_in(1, 65535), default=None
+        "serve Prometheus /metrics, /healthz and the operator web page on this port",
+        int_in(1, 65535),
+        default=None,
+    )
+    http_admin_token: Secret | None = option(
+        "lets the web page on --http-port add and remove streams when it sends this token "
+        "(prefer the environment variable; without it the page is read-only)",
+        secret,
+        default=None,
+        metavar="TOKEN",
     )
     ssl_ca_cert_file: str | None = option(
         "CA certificate for TLS to Kafka (implies SSL/SASL_SSL)",

@@ -35,7 +35,7 @@ class Change:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_pattern(pattern: str) -> Callable[[str], bool]:
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """Matcher for one channel/topic pattern.
 
     Only `?` and `*` are special; everything else (including `[`, `]`, `.`) is literal, so
@@ -65,8 +65,8 @@ def _match_all(_text: str) -> bool:
 @functools.lru_cache(maxsize=1024)
 def compile_filter(stream_filter: StreamFilter) -> Callable[[StreamSpec], bool]:
     """Build the predicate once per filter, so REMOVE over many streams stays linear."""
-    channel_ok = _compile_pattern(stream_filter.channel)
-    topic_ok = _compile_pattern(stream_filter.topic)
+    channel_ok = compile_pattern(stream_filter.channel)
+    topic_ok = compile_pattern(stream_filter.topic)
     schema = stream_filter.schema
 
     def predicate(spec: StreamSpec) -> bool:

@@ -180,3 +180,13 @@ def test_bad_ess_value_names_the_option(capsys: pytest.CaptureFixture[str]) -> N
         parse_args(REQUIRED, environ={"PV_UPDATE_PERIOD": "soon"})
     assert exc.value.code == 2
     assert "--pv-update-period: 'soon' is not a whole number" in capsys.readouterr().err
+
+
+def test_http_admin_token_from_env_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORWARDER_HTTP_ADMIN_TOKEN", SECRET)
+    settings = parse_args([*REQUIRED, "--http-port", "8000"])
+    assert settings.http_admin_token == Secret(SECRET)
+    assert SECRET in settings.secrets()  # redacted from every log line
+    assert SECRET not in repr(settings)
+    monkeypatch.delenv("FORWARDER_HTTP_ADMIN_TOKEN")
+    assert parse_args(REQUIRED).http_admin_token is None

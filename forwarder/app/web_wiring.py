@@ -1,0 +1,44 @@
+"""Builds the operator web page (`forwarder.adapters.web_ui`) from a running service.
+
+Kept apart from `service.py` so the service only needs one call to get its page.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forwarder.adapters.web_ui import ServiceInfo, WebUi
+from forwarder.core.stream_table import StreamTable
+
+if TYPE_CHECKING:
+    from forwarder.app.service import ForwarderService
+
+
+def make_web_ui(service: ForwarderService) -> WebUi:
+    """Read-only unless the service has an admin token; then changes go to the config topic."""
+    settings = service.settings
+    config = settings.config_endpoint
+    token = settings.http_admin_token.reveal() if settings.http_admin_token else None
+    publish = None
+    on_close = None
+    if token:
+        from forwarder.adapters.config_publisher import ConfigPublisher
+
+        publisher = ConfigPublisher(config.librdkafka_config(), config.topic or "")
+        publish, on_close = publisher.publish, publisher.close
+    info = ServiceInfo(
+        version=service.version,
+        service_id=settings.service_id,
+        host=service.host,
+        started_at=service.started_at,
+        config_topic=config.topic or "",
+        queue_length=service.sink.queue_length,
+        broker_reachable=lambda: service.sink.broker_reachable(timeout_s=2.0),
+    )
+    return WebUi(
+        StreamTable(service.core, service.counters),
+        info,
+        admin_token=token,
+        publish=publish,
+        on_close=on_close,
+    )

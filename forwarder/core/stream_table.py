@@ -1,0 +1,437 @@
+"""The operator page's view of the forwarder: streams filtered, sorted and paged server-side.
+
+Everything here is read from what the core already keeps for status and re-sends (the
+`StreamOutput` counters, last value payload and alarm state, the `Channel` connection
+state), so the EPICS hot path pays nothing for the page:
+
+* update and drop *rates* are differences between two samples of the counters, taken when
+  somebody asks (at most once per `min_interval_s`), never per update;
+* the *preview* of the last value is decoded from the stored value message, and only for
+  the rows on the requested page (cached per payload object).
+
+Queries run on the HTTP server's threads while the control thread adds and removes
+streams; they only take snapshots (`list(dict.values())`) of the core's dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from forwarder.core.counters import Drop, ProcessCounters
+from forwarder.core.events import ConnectionState, Severity
+from forwarder.core.forwarding import ForwardingCore, StreamOutput
+from forwarder.core.registry import compile_pattern
+
+#: Longest value preview, in characters (the page shows a short hint, not the data).
+PREVIEW_CHARS = 60
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Sorting by the preview decodes every matching stream's last value: allowed up to here.
+MAX_PREVIEW_SORT = 20_000
+
+
+class QueryError(ValueError):
+    """A request the API cannot answer; the message says what to change (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class StreamQuery:
+    """One `/api/streams` request, validated."""
+
+    filter: str = ""
+    topic: str = ""
+    state: str = ""
+    sort: str = "channel"
+    descending: bool = False
+    page: int = 1
+    page_size: int = DEFAULT_PAGE_SIZE
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> StreamQuery:
+        """Build from URL query parameters; raises `QueryError` with a clear reason."""
+        unknown = sorted(set(params) - _PARAMS)
+        if unknown:
+            raise QueryError(
+                f"unknown parameter {unknown[0]!r} (expected {', '.join(sorted(_PARAMS))})"
+            )
+        sort = params.get("sort", "channel") or "channel"
+        if sort not in SORT_COLUMNS:
+            raise QueryError(f"cannot sort by {sort!r} (columns: {', '.join(SORT_COLUMNS)})")
+        order = params.get("order", "asc") or "asc"
+        if order not in ("asc", "desc"):
+            raise QueryError(f"order must be asc or desc, not {order!r}")
+        state = (params.get("state", "") or "").strip().upper()
+        if state and state not in _STATE_FILTERS:
+            raise QueryError(
+                f"state must be one of {', '.join(sorted(_STATE_FILTERS))}, not {state!r}"
+            )
+        return cls(
+            filter=params.get("filter", ""),
+            topic=params.get("topic", ""),
+            state=state,
+            sort=sort,
+            descending=order == "desc",
+            page=_int_param(params, "page", 1, 1, 10**9),
+            page_size=_int_param(params, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
+        )
+
+
+_PARAMS = {"filter", "topic", "state", "sort", "order", "page", "page_size"}
+#: Problem rows: not connected, or dropping since the previous sample.
+_STATE_FILTERS = {s.name for s in ConnectionState} | {"PROBLEM"}
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = params.get(name, "")
+    if text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise QueryError(f"{name} must be a whole number, not {text!r}") from None
+    if not low <= value <= high:
+        raise QueryError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _age_key(out: StreamOutput) -> float:
+    # Ascending "time since last update": most recent first, never updated last.
+    ts = out.last_update_ns
+    return -ts if ts else math.inf
+
+
+#: Sort columns of the table (the page's column ids).  Keys take a StreamOutput; the
+#: columns that need the connection state, rates or previews are built per query.
+SORT_COLUMNS: dict[str, Callable[[StreamOutput], Any] | None] = {
+    "channel": lambda o: o.spec.channel,
+    "protocol": lambda o: o.spec.protocol.name,
+    "schema": lambda o: o.spec.schema,
+    "topic": lambda o: o.spec.topic,
+    "state": None,
+    "age": _age_key,
+    "rate": None,
+    "forwarded": lambda o: o.forwarded,
+    "dropped": lambda o: o.dropped,
+    "severity": lambda o: o.alarm_state[0],
+    "preview": None,
+}
+
+
+class _Sample:
+    """Counters of every stream (and of the process) at one moment."""
+
+    __slots__ = ("t", "streams", "process")
+
+    def __init__(self, t: float, streams: dict[StreamOutput, tuple[int, int]], process: Any):
+        self.t = t
+        self.streams = streams
+        self.process = process
+
+
+def _process_counts(c: ProcessCounters) -> dict[str, int]:
+    counts = {
+        "updates_received": c.updates_received,
+        "updates_forwarded": c.updates_forwarded,
+        "messages_produced": c.messages_produced,
+        "resends": c.resends,
+    }
+    for drop, n in c.drops.items():
+        counts["dropped:" + drop.value] = n
+    return counts
+
+
+class StreamTable:
+    """Answers the page's queries from the core's state (thread-safe, one query at a time)."""
+
+    def __init__(
+        self,
+        core: ForwardingCore,
+        counters: ProcessCounters,
+        min_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.core = core
+        self.counters = counters
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._wall_ns = wall_clock_ns
+        self._lock = threading.Lock()
+        self._previous: _Sample | None = None
+        self._current: _Sample | None = None
+        self._previews: dict[StreamOutput, tuple[bytes, str]] = {}
+
+    # -- sampling -------------------------------------------------------------------------
+    def _sample(self, outputs: list[StreamOutput]) -> None:
+        now = self._clock()
+        if self._current is not None and now - self._current.t < self.min_interval_s:
+            return
+        self._previous = self._current
+        self._current = _Sample(
+            now,
+            {out: (out.forwarded, out.dropped) for out in outputs},
+            _process_counts(self.counters),
+        )
+
+    def _rates(self, out: StreamOutput) -> tuple[float | None, float]:
+        prev, cur = self._previous, self._current
+        if prev is None or cur is None:
+            return None, 0.0
+        before = prev.streams.get(out)
+        after = cur.streams.get(out)
+        if before is None or after is None:
+            return None, 0.0
+        dt = cur.t - prev.t
+        return (after[0] - before[0]) / dt, (after[1] - before[1]) / dt
+
+    def _outputs(self) -> list[StreamOutput]:
+        for _ in range(5):
+            try:
+                return list(self.core.outputs.values())
+            except RuntimeError:  # changed while copying (config applied meanwhile)
+                continue
+        return list(self.core.outputs.values())
+
+    # -- queries --------------------------------------------------------------------------
+    def streams(self, query: StreamQuery) -> dict[str, Any]:
+        """One page of streams matching `query`, with how many matched in total."""
+        with self._lock:
+            return self._streams(query)
+
+    def _streams(self, query: StreamQuery) -> dict[str, Any]:
+        outputs = self._outputs()
+        self._sample(outputs)
+        rows = outputs
+        # Plain comprehensions over the snapshot: at 100,000 streams every per-row call
+        # counts, so nothing is computed for a row that a filter drops or a page skips.
+        if query.filter:
+            channel_ok = compile_pattern(query.filter)
+            rows = [o for o in rows if channel_ok(o.spec.channel)]
+        if query.topic:
+            topic_ok = compile_pattern(query.topic)
+            rows = [o for o in rows if topic_ok(o.spec.topic)]
+        states: dict[StreamOutput, ConnectionState] | None = None
+        if query.state or query.sort == "state":
+            states = self._states()
+        if query.state == "PROBLEM":
+            assert states is not None
+            rows = [o for o in rows if self._problem(o, states) is not None]
+        elif query.state:
+            want = ConnectionState[query.state]
+            assert states is not None
+            rows = [o for o in rows if states.get(o, ConnectionState.UNKNOWN) is want]
+        key = SORT_COLUMNS[query.sort]
+        if query.sort == "state":
+            assert states is not None
+            st = states
+            key = lambda o: st.get(o, ConnectionState.UNKNOWN).name  # noqa: E731
+        elif query.sort == "rate":
+
+            def key(o: StreamOutput) -> float:
+                rate = self._rates(o)[0]
+                return -1.0 if rate is None else rate
+
+        elif query.sort == "preview":
+            if len(rows) > MAX_PREVIEW_SORT:
+                raise QueryError(
+                    f"sorting by preview needs at most {MAX_PREVIEW_SORT} matching streams "
+                    f"({len(rows)} match): narrow the filter"
+                )
+            key = self._preview
+        assert key is not None
+        # Stable: ties keep the configuration order (reversed with the order for desc).
+        rows = sorted(rows, key=key, reverse=query.descending)
+        pages = max(1, -(-len(rows) // query.page_size))
+        start = (query.page - 1) * query.page_size
+        now_ns = self._wall_ns()
+        page = rows[start : start + query.page_size]
+        if states is None:
+            states = self._states_of(page)
+        return {
+            "total": len(outputs),
+            "matched": len(rows),
+            "page": query.page,
+            "pages": pages,
+            "page_size": query.page_size,
+            "sort": query.sort,
+            "order": "desc" if query.descending else "asc",
+            "rows": [self._row(o, states, now_ns) for o in page],
+        }
+
+    def _states(self) -> dict[StreamOutput, ConnectionState]:
+        """Connection state of every stream attached to a channel."""
+        states: dict[StreamOutput, ConnectionState] = {}
+        for ch in list(self.core.channels.values()):
+            state = ch.connection
+            for out in ch.outputs:
+                states[out] = state
+        return states
+
+    def _states_of(self, outs: list[StreamOutput]) -> dict[StreamOutput, ConnectionState]:
+        channels = self.core.channels
+        states = {}
+        for out in outs:
+            ch = channels.get((out.spec.protocol, out.spec.channel))
+            if ch is not None:
+                states[out] = ch.connection
+        return states
+
+    def _problem(
+        self, out: StreamOutput, states: Mapping[StreamOutput, ConnectionState]
+    ) -> str | None:
+        """Why a row stands out on the page (None: healthy)."""
+        state = states.get(out, ConnectionState.UNKNOWN)
+        if state is ConnectionState.NEVER_CONNECTED:
+            return "never_connected"
+        if state is not ConnectionState.CONNECTED:
+            return "disconnected"
+        if self._rates(out)[1] > 0:
+            return "dropping"
+        return None
+
+    def _row(
+        self, out: StreamOutput, states: Mapping[StreamOutput, ConnectionState], now_ns: int
+    ) -> dict[str, Any]:
+        spec = out.spec
+        severity, status = out.alarm_state
+        last = out.last_update_ns
+        rate, drop_rate = self._rates(out)
+        return {
+            "channel": spec.channel,
+            "protocol": spec.protocol.name,
+            "schema": spec.schema,
+            "topic": spec.topic,
+            "periodic": spec.periodic,
+            "state": states.get(out, ConnectionState.UNKNOWN).name,
+            "last_update_ms": last // 1_000_000 if last else None,
+            "age_s": round(max(0.0, (now_ns - last) / 1e9), 3) if last else None,
+            "rate": None if rate is None else round(rate, 3),
+            "forwarded": out.forwarded,
+            "dropped": out.dropped,
+            "drop_rate": round(drop_rate, 3),
+            "severity": _severity_name(severity),
+            "alarm_status": status if severity >= 0 else None,
+            "preview": self._preview(out),
+            "problem": self._problem(out, states),
+        }
+
+    def _preview(self, out: StreamOutput) -> str:
+        payload = out.last_value
+        if payload is None:
+            return ""
+        cached = self._previews.get(out)
+        if cached is not None and cached[0] is payload:
+            return cached[1]
+        text = preview_payload(payload)
+        if len(self._previews) > 4 * MAX_PREVIEW_SORT:
+            self._previews.clear()  # bounded: removed streams must not pile up
+        self._previews[out] = (payload, text)
+        return text
+
+    def summary(self) -> dict[str, Any]:
+        """Stream counts by state, process counters and their rates per second."""
+        with self._lock:
+            outputs = self._outputs()
+            self._sample(outputs)
+            by_state = {s.name: 0 for s in ConnectionState}
+            attached = 0
+            for ch in list(self.core.channels.values()):
+                n = len(ch.outputs)
+                by_state[ch.connection.name] += n
+                attached += n
+            by_state["UNKNOWN"] += max(0, len(outputs) - attached)
+            prev, cur = self._previous, self._current
+            assert cur is not None
+            rates: dict[str, float] | None = None
+            if prev is not None:
+                dt = cur.t - prev.t
+                rates = {
+                    k: round((v - prev.process.get(k, 0)) / dt, 3) for k, v in cur.process.items()
+                }
+            c = self.counters
+            return {
+                "streams": {
+                    "configured": len(outputs),
+                    "connected": by_state["CONNECTED"],
+                    "never_connected": by_state["NEVER_CONNECTED"],
+                    "disconnected": len(outputs)
+                    - by_state["CONNECTED"]
+                    - by_state["NEVER_CONNECTED"],
+                    "by_state": {k: v for k, v in by_state.items() if v},
+                },
+                "pvs": len(self.core.channels),
+                "counters": c.as_dict(),
+                "rates": None
+                if rates is None
+                else {
+                    "updates_received": rates["updates_received"],
+                    "updates_forwarded": rates["updates_forwarded"],
+                    "messages_produced": rates["messages_produced"],
+                    "resends": rates["resends"],
+                    "dropped": {d.value: rates["dropped:" + d.value] for d in Drop},
+                },
+                "rate_interval_s": None if prev is None else round(cur.t - prev.t, 3),
+            }
+
+
+def _severity_name(severity: int) -> str | None:
+    if severity < 0:
+        return None
+    try:
+        return Severity(severity).name
+    except ValueError:
+        return str(severity)
+
+
+def preview_payload(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
+    """A short text of the value inside a stored value message (f144, tdct, ...)."""
+    from streaming_data_types import DESERIALISERS
+
+    schema = payload[4:8].decode("ascii", "replace")
+    decode = DESERIALISERS.get(schema)
+    if decode is None:
+        return f"{schema} ({len(payload)} bytes)"
+    try:
+        decoded = decode(payload)
+    except Exception:  # noqa: BLE001 - a preview must never fail a page
+        return f"{schema} ({len(payload)} bytes)"
+    for field in ("value", "timestamps", "values", "data"):
+        if hasattr(decoded, field):
+            return format_value(getattr(decoded, field), limit)
+    return f"{schema} ({len(payload)} bytes)"
+
+
+def format_value(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """Scalars as text, arrays as their first elements and length, cut to `limit`."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) > 0:
+        items = value.ravel()
+        n = len(items)
+        parts: list[str] = []
+        used = 0
+        for item in items[:32]:
+            text = _scalar(item)
+            used += len(text) + 2
+            if used > limit - 12:
+                break
+            parts.append(text)
+        more = ", …" if len(parts) < n else ""
+        text = "[" + ", ".join(parts) + more + f"] ({n})"
+    else:
+        text = _scalar(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
