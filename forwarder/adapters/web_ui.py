@@ -34,7 +34,7 @@ from forwarder.core.config_messages import (
     encode_config_message,
 )
 from forwarder.core.stream_table import QueryError, StreamQuery, StreamTable
-from forwarder.core.streams import VALUE_SCHEMAS, Protocol, StreamFilter, StreamSpec
+from forwarder.core.streams import STREAM_SCHEMAS, Protocol, StreamFilter, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class WebUi:
             "producer_queue_length": info.queue_length(),
             "config_topic": info.config_topic,
             "writable": self.writable,
-            "schemas": list(VALUE_SCHEMAS),
+            "schemas": list(STREAM_SCHEMAS),
             "protocols": [p.name for p in Protocol],
             "time_ms": int(time.time() * 1000),
         }

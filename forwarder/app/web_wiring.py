@@ -26,17 +26,20 @@ def make_web_ui(service: ForwarderService) -> WebUi:
 
         publisher = ConfigPublisher(config.librdkafka_config(), config.topic or "")
         publish, on_close = publisher.publish, publisher.close
+    from forwarder.app.service import process_start_ms
+
+    controller = service.controller
     info = ServiceInfo(
-        version=service.version,
+        version=controller.settings.version,
         service_id=settings.service_id,
-        host=service.host,
-        started_at=service.started_at,
+        host=controller.host,
+        started_at=process_start_ms() / 1000,
         config_topic=config.topic or "",
         queue_length=service.sink.queue_length,
         broker_reachable=lambda: service.sink.broker_reachable(timeout_s=2.0),
     )
     return WebUi(
-        StreamTable(service.core, service.counters),
+        StreamTable(controller.core, service.counters),
         info,
         admin_token=token,
         publish=publish,

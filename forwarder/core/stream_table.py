@@ -403,6 +403,11 @@ def preview_payload(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
     for field in ("value", "timestamps", "values", "data"):
         if hasattr(decoded, field):
             return format_value(getattr(decoded, field), limit)
+    if hasattr(decoded, "severity"):  # al00 streams
+        text = f"{getattr(decoded.severity, 'name', decoded.severity)} {decoded.message}"
+        return format_value(text.strip(), limit)
+    if hasattr(decoded, "status"):  # ep01 streams
+        return format_value(getattr(decoded.status, "name", decoded.status), limit)
     return f"{schema} ({len(payload)} bytes)"
 
 

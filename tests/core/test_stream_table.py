@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from streaming_data_types.alarm_al00 import Severity as AlarmSeverity
+from streaming_data_types.alarm_al00 import serialise_al00
+from streaming_data_types.epics_connection_ep01 import ConnectionInfo, serialise_ep01
 
 from forwarder.core.events import ConnectionState
 from forwarder.core.forwarding import Channel, ForwardingCore, Subscribers
@@ -266,3 +269,5 @@ def test_previews_are_short_and_say_the_length_of_arrays() -> None:
     assert format_value(np.array([1, 2], dtype=np.uint8)) == "[1, 2] (2)"
     assert format_value("x" * 100).endswith("…") and len(format_value("x" * 100)) == 60
     assert preview_payload(b"\x00\x00\x00\x00zzzz" + bytes(8)) == "zzzz (16 bytes)"
+    assert preview_payload(serialise_al00("X", 1, AlarmSeverity.MAJOR, "HIHI")) == "MAJOR HIHI"
+    assert preview_payload(serialise_ep01(1, ConnectionInfo.CONNECTED, "X", "s")) == "CONNECTED"
