@@ -111,6 +111,7 @@ class Channel:
         "connection_ts_ns",
         "subscription",
         "latency",
+        "last_update",
         "_core",
     )
 
@@ -125,6 +126,9 @@ class Channel:
         self.connection_ts_ns = 0
         self.subscription: Any = None
         self.latency = core.latency_of(protocol)
+        #: The last accepted update (value, EPICS ns, severity, status), one tuple so that
+        #: the control thread reads a consistent one: given to streams added later.
+        self.last_update: tuple[Any, int, int, str] | None = None
         self._core = core
 
     # -- ChannelListener -------------------------------------------------------------
@@ -146,6 +150,7 @@ class Channel:
             )
             return
         self.previous_ts_ns = ts_ns
+        self.last_update = (value, ts_ns, severity, status_message)
         self.latency.observe_ns(now_ns - ts_ns)
         ts_ms = ts_ns // 1_000_000
         send = core.sink.send
@@ -184,8 +189,12 @@ class Channel:
                 out.last_value = payload
                 out.last_update_ns = now_ns
                 out.last_sent_ns = mono
-            elif type(value) is not str and _is_empty(value):
-                empty = True  # counted once per update, like updates_forwarded
+            else:
+                # Nothing current to repeat: a re-send must not claim an older value (an
+                # array from before the PV became empty, say) is the PV's value now.
+                out.last_value = None
+                if type(value) is not str and _is_empty(value):
+                    empty = True  # counted once per update, like updates_forwarded
             if out.wants_alarm and alarm != out.alarm_state:
                 msg = serialise_alarm(self.name, ts_ns, severity, status_message)
                 out.last_alarm = msg
@@ -298,7 +307,36 @@ class ForwardingCore:
             channel.outputs = channel.outputs + (out,)
             if channel.connection != ConnectionState.NEVER_CONNECTED:
                 self.send_connection(channel, out, late=True)
+            self._send_current_value(channel, out)
         return out
+
+    def _send_current_value(self, channel: Channel, out: StreamOutput) -> None:
+        """Give a stream added to a PV that is already monitored the PV's current value
+        (and alarm) at once: the PV may not change for hours (a set-point), and periodic
+        re-sends need something to repeat.  The FlatBuffers carry the update's EPICS
+        time; the Kafka timestamp is now (a repeat, as for re-sends)."""
+        last = channel.last_update
+        if last is None or out.last_update_ns:
+            return  # nothing seen yet, or an update already reached this stream itself
+        value, ts_ns, severity, status_message = last
+        now_ms = time.time_ns() // 1_000_000
+        try:
+            payload = out.serialiser.serialise(value, ts_ns)
+        except Exception:  # noqa: BLE001 - unsupported or bad: the next update reports it
+            payload = None
+        if payload is not None:
+            out.last_value = payload
+            if self.sink.send(out.topic, out.key, payload, now_ms):
+                out.forwarded += 1
+            else:
+                out.dropped += 1
+        if out.wants_alarm:
+            alarm = (severity, status_message)
+            msg = serialise_alarm(channel.name, ts_ns, severity, status_message)
+            out.last_alarm = msg
+            if self.sink.send(out.topic, out.key, msg, now_ms):
+                out.alarm_state = alarm
+        out.last_sent_ns = time.monotonic_ns()
 
     def remove_stream(self, spec: StreamSpec) -> None:
         """Stop forwarding `spec`; unsubscribes the PV when it was its last stream."""

@@ -7,6 +7,7 @@ from the output topics, the status topic and the log only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -28,6 +29,7 @@ from tests.app.test_e2e_config import (
     topics,
 )
 from tests.support.epics_servers import Record, SoftIoc
+from tests.support.kafka import Msg
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,67 @@ def test_ca_name_too_long_to_search_for_is_rejected_and_ca_keeps_working(
         log = h.fw.log()
         assert "59 characters" in log and too_long in log, log[-3000:]
         h.assert_running()
+
+
+def test_stream_added_to_a_monitored_pv_gets_its_current_value_at_once(
+    harness_factory: Callable[..., Harness],  # noqa: F811
+    ioc_env: dict[str, str],  # noqa: F811
+) -> None:
+    """A second file writer's stream of a set-point that never changes gets the value
+    at once, over CA and PVA, and its periodic re-sends carry it."""
+    pv = "HARD:SP"
+    first_ca, first_pva, late_ca, late_pva = topics(4, "hard")
+    with SoftIoc([Record(pv, "ao", 0.0)], env=ioc_env) as ioc:
+        ioc.put(pv, 3.25)  # a fresh EPICS timestamp; the PV never changes again
+        h = harness_factory(args=["--pv-update-period", "500"], epics=ioc_env)
+        h.send(fc00(Fc00UpdateType.ADD, epics_fc00(pv, first_ca, CA), epics_fc00(pv, first_pva)))
+        assert wait_values(h, first_ca, pv) == [3.25]
+        assert wait_values(h, first_pva, pv) == [3.25]
+        original = f144_of(h.reader(first_ca).messages, pv)[0][1].timestamp_unix_ns
+        h.send(
+            fc00(
+                Fc00UpdateType.ADD,
+                epics_fc00(pv, late_ca, CA, periodic=1),
+                epics_fc00(pv, late_pva, PVA, periodic=1),
+            )
+        )
+        sent_ms = h.sent_ms
+        for topic in (late_ca, late_pva):
+            # The value at once, then re-sends of it (same FlatBuffer, newer Kafka time).
+            assert wait_values(h, topic, pv, count=3)[:3] == [3.25] * 3
+            got = f144_of(h.reader(topic).messages, pv)
+            assert {d.timestamp_unix_ns for _, d in got} == {original}
+            assert all(m.timestamp_ms >= sent_ms for m, _ in got)
+        h.assert_running()
+
+
+def test_resends_after_a_waveform_became_empty_carry_no_stale_array(
+    harness_factory: Callable[..., Harness],  # noqa: F811
+    ioc_env: dict[str, str],  # noqa: F811
+) -> None:
+    """An empty update is not forwarded; from then on the periodic re-sends carry the
+    PV's alarm and connection state but no value, until a non-empty value arrives."""
+    pv = "HARD:WF"
+    (topic,) = topics(1, "hard")
+    with SoftIoc([Record(pv, "waveform", [1.0, 2.0], "DOUBLE", 4)], env=ioc_env) as ioc:
+        ioc.put(pv, [1.0, 2.0])
+        h = harness_factory(args=["--pv-update-period", "300"], epics=ioc_env)
+        h.send(fc00(Fc00UpdateType.ADD, epics_fc00(pv, topic, CA, periodic=1)))
+        reader = h.reader(topic)
+        reader.wait_for(lambda ms: len(f144_of(ms, pv)) >= 2, WAIT)  # the value, a re-send
+        assert [d.value.tolist() for _, d in f144_of(reader.messages, pv)][:2] == [[1.0, 2.0]] * 2
+        ioc.put(pv, [])
+        deadline = time.monotonic() + WAIT
+        while h.latest_status()["counters"]["empty_updates"] < 1:
+            assert time.monotonic() < deadline, "the empty update never reached the forwarder"
+        emptied_ms = int(time.time() * 1000)
+
+        def resent_twice(ms: list[Msg]) -> bool:
+            return sum(1 for m in ms if m.schema_id == "ep01" and m.timestamp_ms > emptied_ms) >= 2
+
+        reader.wait_for(resent_twice, WAIT)
+        assert f144_of(reader.messages, pv, emptied_ms) == []
+        ioc.put(pv, [7.0])
+        reader.wait_for(lambda ms: bool(f144_of(ms, pv, emptied_ms)), WAIT)
+        values = [d.value.tolist() for _, d in f144_of(reader.messages, pv, emptied_ms)]
+        assert values and all(v == [7.0] for v in values), values

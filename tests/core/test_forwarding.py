@@ -358,18 +358,51 @@ def test_al00_on_first_update_and_only_on_alarm_changes(schema: str) -> None:
     )
 
 
-def test_stream_added_later_gets_its_own_first_alarm() -> None:
+def test_stream_added_later_gets_the_current_alarm_at_once() -> None:
     h = Harness()
     h.add("PV:AL", topic="a")
     listener = h.subs.listener("PV:AL")
     ts = recent_ns(5)
     listener.on_update(1.0, ts, 1, "LOW")
     h.add("PV:AL", topic="b")
-    listener.on_update(2.0, ts + 1, 1, "LOW")  # unchanged for a, new for b
-    assert [(a.severity, a.message) for a in al00s(h.sink, "a")] == [(Severity.MINOR, "LOW")]
     assert [(a.severity, a.message, a.timestamp_ns) for a in al00s(h.sink, "b")] == [
-        (Severity.MINOR, "LOW", ts + 1)
+        (Severity.MINOR, "LOW", ts)
     ]
+    listener.on_update(2.0, ts + 1, 1, "LOW")  # unchanged for both
+    listener.on_update(3.0, ts + 2, 2, "HIHI")
+    for topic in ("a", "b"):
+        assert [(a.severity, a.message) for a in al00s(h.sink, topic)] == [
+            (Severity.MINOR, "LOW"),
+            (Severity.MAJOR, "HIHI"),
+        ]
+
+
+def test_stream_added_to_a_monitored_pv_gets_its_current_value_at_once() -> None:
+    """A second stream of a PV (a second file writer) must not wait for the PV to change:
+    a set-point may never change.  The value keeps its EPICS time; the Kafka timestamp
+    is the send time, as for any repeat; periodic re-sends then carry it."""
+    h = Harness()
+    h.add("PV:SP", topic="a")
+    listener = h.subs.listener("PV:SP")
+    ts = recent_ns(5)
+    listener.on_update(np.float64(4.5), ts, 0, "")
+    before_ms = time.time_ns() // 1_000_000
+    out_b = h.add("PV:SP", topic="b", periodic=True)
+    (sent,) = h.sink.of(b"f144", "b")
+    value = deserialise_f144(sent.payload)
+    assert value.value == 4.5 and value.timestamp_unix_ns == ts
+    assert sent.timestamp_ms >= before_ms
+    assert out_b.forwarded == 1 and out_b.last_value == sent.payload
+    h.sink.clear()
+    assert h.core.resend(out_b, before_ms + 1000) == 2  # value and alarm (never connected)
+    assert [deserialise_f144(m.payload).value for m in h.sink.of(b"f144", "b")] == [4.5]
+    # Nothing to give before the PV's first update; the update then reaches both.
+    h.sink.clear()
+    h.add("PV:NEW", topic="a")
+    h.add("PV:NEW", topic="b")
+    assert h.sink.of(b"f144", "b") == []
+    h.subs.listener("PV:NEW").on_update(np.float64(1.0), ts, 0, "")
+    assert len(h.sink.of(b"f144", "a")) == len(h.sink.of(b"f144", "b")) == 1
 
 
 # -- unsupported values, serialisation errors, empty arrays -----------------------------
@@ -441,7 +474,7 @@ def test_serialiser_exception_is_counted_and_does_not_stop_other_streams() -> No
     "empty", [np.array([], dtype=np.float64), np.array([], dtype=np.int32), []]
 )
 @pytest.mark.parametrize("schema", ["f144", "tdct"])
-def test_empty_array_is_not_forwarded_nor_cached(schema: str, empty: Any) -> None:
+def test_empty_array_is_not_forwarded_and_ends_value_resends(schema: str, empty: Any) -> None:
     h = Harness()
     out = h.add("PV:EMPTY", schema=schema)
     listener = h.subs.listener("PV:EMPTY")
@@ -451,7 +484,10 @@ def test_empty_array_is_not_forwarded_nor_cached(schema: str, empty: Any) -> Non
     assert cached is not None
     listener.on_update(empty, ts + 1, 0, "")
     assert len(h.sink.of(schema.encode())) == 1
-    assert out.last_value is cached
+    # The PV is empty now: a re-send must not present the old array as its value.
+    assert out.last_value is None
+    assert h.core.resend(out, time.time_ns() // 1_000_000) == 1  # the alarm only
+    assert h.sink.of(schema.encode())[1:] == []
     assert out.forwarded == 1
     assert h.core.counters.empty_updates == 1
     assert h.core.counters.updates_forwarded == 1
