@@ -124,27 +124,57 @@ class ForwarderService:
             reporter=self.reporter,
         )
         self.metrics_server: Any = None
+        self.carbon: Any = None
 
     def run(self) -> None:
         """Serve until `stop_event` is set."""
         if self.settings.http_port is not None:
             self.start_metrics_server(self.settings.http_port)
+        if self.settings.grafana_carbon_address is not None:
+            self.start_carbon_reporter(self.settings.grafana_carbon_address)
         self.controller.run(self.stop_event)
 
-    def start_metrics_server(self, port: int) -> None:
-        from forwarder.adapters.http_metrics import (
-            ForwarderCollector,
-            HealthSources,
-            MetricsServer,
-        )
+    def _collector(self) -> Any:
+        from forwarder.adapters.http_metrics import ForwarderCollector
 
         controller = self.controller
-        collector = ForwarderCollector(
+        return ForwarderCollector(
             controller.core,
             self.counters,
             self.sink.queue_length,
             lambda: len(controller.registry),
         )
+
+    def start_carbon_reporter(self, address: str) -> None:
+        """The /metrics samples, pushed every --statistics-update-interval seconds."""
+        import socket
+
+        from prometheus_client.registry import CollectorRegistry
+
+        from forwarder.adapters.carbon import CarbonReporter, carbon_prefix, samples_of
+        from forwarder.adapters.kafka_uri import parse_host_port
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self._collector())
+        host, port = parse_host_port(address)
+        self.carbon = CarbonReporter(
+            host,
+            port,
+            carbon_prefix(socket.gethostname(), self.settings.service_id),
+            lambda: samples_of(registry),
+            interval_s=self.settings.statistics_update_interval,
+        )
+        self.carbon.start()
+        log.info(
+            "Pushing metrics to Carbon at %s every %d s",
+            address,
+            self.settings.statistics_update_interval,
+        )
+
+    def start_metrics_server(self, port: int) -> None:
+        from forwarder.adapters.http_metrics import HealthSources, MetricsServer
+
+        collector = self._collector()
         health = HealthSources(
             checks={
                 "kafka_producer": self._check_producer,
@@ -182,4 +212,6 @@ class ForwarderService:
         """Stop serving; returns how many messages could not be delivered."""
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.carbon is not None:
+            self.carbon.close(timeout_s=0.5)  # a daemon thread; never delays the exit
         return self.controller.shutdown(flush_timeout_s)

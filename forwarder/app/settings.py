@@ -266,6 +266,17 @@ class Settings:
         default="drop",
     )
     status_interval: int = option("ms between status messages", int_in(1, _MAX_MS), default=4000)
+    grafana_carbon_address: str | None = option(
+        "push the /metrics counters to this Carbon (Graphite) server, HOST[:PORT] "
+        "(port 2003 if omitted)",
+        host_port(2003),
+        default=None,
+    )
+    statistics_update_interval: int = option(
+        "seconds between metric pushes to --grafana-carbon-address",
+        int_in(1, 86_400),
+        default=10,
+    )
     http_port: int | None = option(
         "serve Prometheus /metrics, /healthz and the operator web page on this port",
         int_in(1, 65535),
