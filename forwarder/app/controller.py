@@ -124,6 +124,8 @@ class Controller:
         self.pid = os.getpid()
         self._periodic_warned = False
         self._started = False
+        #: Messages left undelivered at shutdown (None until the flush is done).
+        self.undelivered: int | None = None
 
     # -- monitors -----------------------------------------------------------------------
     def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
@@ -351,10 +353,21 @@ class Controller:
 
     # -- shutdown -----------------------------------------------------------------------
     def shutdown(self, flush_timeout_s: float = 3.0) -> int:
-        """Stop monitors, flush queued messages (bounded) and close the clients.
+        """Stop forwarding, deliver what is queued (bounded), then stop the EPICS clients.
 
-        Returns how many messages could not be delivered.
+        The order matters under load: unsubscribing many PVs can take seconds, and the
+        process has a few seconds in all after a signal, so the data goes first.  The
+        count of undelivered messages is logged before and after the EPICS side closes
+        (whichever line is the last one names it) and returned.
         """
+        self.core.detach()
+        left = self.sink.close(flush_timeout_s)
+        self.undelivered = left
+        for writer in (self.status_writer, self.storage_writer):
+            if writer is not None:
+                writer.flush(0.5)
+        if left:
+            log.error("%d messages not delivered (output broker unreachable?)", left)
         self.core.close()
         for monitors in self.monitors.values():
             try:
@@ -362,9 +375,8 @@ class Controller:
             except Exception as err:  # noqa: BLE001 - shutdown must go on
                 log.warning("closing monitors: %s", err)
         self.config_source.close()
-        left = self.sink.close(flush_timeout_s)
-        for writer in (self.status_writer, self.storage_writer):
-            if writer is not None:
-                writer.flush(0.5)
-        log.info("Stopped (%d messages not delivered)", left)
+        if left:
+            log.error("Stopped: %d messages not delivered", left)
+        else:
+            log.info("Stopped (0 messages not delivered)")
         return left

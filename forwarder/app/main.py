@@ -42,13 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.debug("output producer config: %s", redact(output_config))
 
     stop = threading.Event()
+    services: list[ForwarderService] = []  # for the watchdog, once there is one
 
     # A watchdog: whatever hangs in start-up or shutdown, exit within the promised 5 seconds
     # of a signal.  Armed by the signal itself, because `service.run()` may be blocked in
     # start-up (e.g. waiting for an unreachable broker) for longer than that.  The handlers
     # are installed before any Kafka client is built, so a signal during start-up is a
     # clean shutdown too.
-    watchdog = threading.Timer(4.5, _hard_exit)
+    watchdog = threading.Timer(4.5, lambda: _hard_exit(services))
     watchdog.daemon = True
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -60,22 +61,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     service = ForwarderService(settings, version=__version__, stop_event=stop)
+    services.append(service)
     try:
         service.run()
     finally:
         if watchdog.ident is None:
             watchdog.start()
-        service.shutdown(flush_timeout_s=2.5)
+        left = service.shutdown(flush_timeout_s=2.5)
         watchdog.cancel()
-    return 0
+    # Non-zero when data was lost, so a supervisor (or an operator) notices.
+    return 1 if left else 0
 
 
-def _hard_exit() -> None:
-    log.error("Shutdown took too long; exiting without waiting for the EPICS clients")
+def _hard_exit(services: list[ForwarderService]) -> None:
+    left = services[0].undelivered() if services else 0
+    log.error(
+        "Shutdown took too long; exiting without waiting for the EPICS clients "
+        "(%d messages not delivered)",
+        left,
+    )
     logging.shutdown()
     import os
 
-    os._exit(0)
+    os._exit(1 if left else 0)
 
 
 if __name__ == "__main__":

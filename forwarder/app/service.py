@@ -208,6 +208,12 @@ class ForwarderService:
             return False, f"config topic broker unreachable: {consumer.last_error}"
         return True, "config consumer polling"
 
+    def undelivered(self) -> int:
+        """Messages lost at shutdown so far: what the flush left, or (while it is still
+        running) what is queued."""
+        left = self.controller.undelivered
+        return self.sink.queue_length() if left is None else left
+
     def shutdown(self, flush_timeout_s: float = 3.0) -> int:
         """Stop serving; returns how many messages could not be delivered."""
         if self.metrics_server is not None:

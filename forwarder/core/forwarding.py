@@ -403,12 +403,18 @@ class ForwardingCore:
     def all_outputs(self) -> Iterable[StreamOutput]:
         return self.outputs.values()
 
-    def close(self) -> None:
-        """Unsubscribe everything (shutdown)."""
+    def detach(self) -> None:
+        """Stop forwarding at once, without touching the EPICS side (the first step of a
+        shutdown: what is queued can then be flushed while no new data comes in)."""
         for out in self.outputs.values():
             out.active = False  # the re-send schedule drops them
+        for channel in self.channels.values():
+            channel.outputs = ()  # late callbacks forward nothing
+
+    def close(self) -> None:
+        """Unsubscribe everything (shutdown)."""
+        self.detach()
         for channel in list(self.channels.values()):
-            channel.outputs = ()  # late callbacks during shutdown forward nothing
             if channel.subscription is not None:
                 self._unsubscribe(channel)  # shutdown goes on past a failure
         self.channels.clear()

@@ -281,6 +281,27 @@ def test_shutdown_reports_what_could_not_be_delivered() -> None:
     rig.send(msg(UpdateKind.ADD, [A, C]))
     rig.sink.undeliverable = 7
     assert rig.controller.shutdown(flush_timeout_s=1.5) == 7
+    assert rig.controller.undelivered == 7
     assert rig.sink.closed_with == 1.5
     assert rig.config.closed
     assert rig.monitors(Protocol.CA).closed and rig.monitors(Protocol.PVA).closed
+
+
+def test_shutdown_flushes_before_stopping_any_monitor_and_forwards_nothing_meanwhile() -> None:
+    rig = started()
+    rig.send(msg(UpdateKind.ADD, [A, C]))
+    ca = rig.monitors(Protocol.CA)
+    ca.connect("PV:A", rig.clock.wall)
+    rig.sink.sent.clear()
+    rig.events.clear()
+    original_close = rig.sink.close
+
+    def close_while_pv_updates(timeout_s: float) -> int:
+        ca.update("PV:A", 1.0, rig.clock.wall)  # an update during the flush
+        return original_close(timeout_s)
+
+    rig.sink.close = close_while_pv_updates  # type: ignore[method-assign]
+    rig.controller.shutdown()
+    assert rig.events[0] == "sink.close"
+    assert set(rig.events[1:]) == {"unsubscribe PV:A", "unsubscribe PV:C", "close CA", "close PVA"}
+    assert rig.sink.sent == []

@@ -26,7 +26,7 @@ from forwarder import __version__
 from tests.app.test_e2e_ca import OutputTopic, fc00_config, problem_lines
 from tests.support.epics_servers import REPO_ROOT, Counters, SoftIoc, epics_env, free_port
 from tests.support.forwarder_process import LAUNCHER, ForwarderProcess
-from tests.support.kafka import TopicReader, decode, produce, unique_topic
+from tests.support.kafka import TansuBroker, TopicReader, decode, produce, unique_topic
 from tests.support.kafka import free_port as free_tcp_port
 
 pytestmark = pytest.mark.integration
@@ -268,6 +268,40 @@ def test_signal_while_forwarding_exits_0_within_5_s(
         assert f"Received {sig.name}" in log, tail
         assert "Traceback" not in log, tail
         assert "Shutdown took too long" not in log, tail
+    finally:
+        data.close()
+        fw.close()
+
+
+def test_shutdown_with_undeliverable_messages_reports_them_and_exits_1_within_5_s(
+    private_broker: TansuBroker,
+) -> None:
+    """The output broker dies under load, then SIGTERM: the forwarder tries to deliver what
+    is queued first, names in its last log line how many messages it could not deliver,
+    exits non-zero, and is still gone within 5 s."""
+    bootstrap = private_broker.bootstrap
+    data = OutputTopic(bootstrap, unique_topic("data"))
+    fw = ForwarderProcess(bootstrap, args=["--fake-pv-period", "100"], verbosity="Info")
+    try:
+        fw.start()
+        assert fw.proc is not None
+        streams = [(f"FAKE:LOAD{i}", "f144", data.name) for i in range(300)]
+        produce(bootstrap, fw.config_topic, [fc00_config(streams, Fc00Protocol.FAKE)])
+        data.wait_count("FAKE:LOAD299", "f144", 2)
+        private_broker.stop()
+        time.sleep(1.0)  # a few thousand updates queue up for a broker that is gone
+        started = time.monotonic()
+        fw.send_signal(signal.SIGTERM)
+        code = fw.proc.wait(timeout=10)
+        elapsed = time.monotonic() - started
+        log = fw.log()
+        tail = f"exit {code} after {elapsed:.1f} s\n{log[-4000:]}"
+        assert elapsed < 5, tail
+        assert code == 1, tail
+        last = log.strip().splitlines()[-1]
+        found = re.search(r"(\d+) messages not delivered", last)
+        assert found and int(found.group(1)) > 0, tail
+        assert "Traceback" not in log, tail
     finally:
         data.close()
         fw.close()
