@@ -1,7 +1,7 @@
 """Fake PVs: random doubles for every subscribed channel, driven by the app's scheduler.
 
-There is no thread or timer per PV (nor per `FakeMonitors`): the application's single
-scheduler thread calls `tick(now_ns)` once per period and every fake PV gets one update,
+There is no thread or timer per PV (nor per `FakeMonitors`): the application's control loop
+calls `tick(now_ns)` once per period and every fake PV gets one update,
 so 100,000 fake PVs cost one loop, not 100,000 timers.
 """
 

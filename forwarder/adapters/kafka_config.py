@@ -285,21 +285,18 @@ class TopicWriter:
         conf["error_cb"] = self._on_error
         self.topic = topic
         self._producer = Producer(with_kafka_logger(conf))
-        self.failures = 0
 
     def _on_error(self, err: KafkaError) -> None:
         log.debug("writer for %r: %s", self.topic, err.str())
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
-            self.failures += 1
             log.warning("message to %r not delivered: %s", self.topic, err.str())
 
     def write(self, payload: bytes, key: bytes | None = None) -> None:
         try:
             self._producer.produce(self.topic, payload, key, on_delivery=self._on_delivery)
         except (BufferError, KafkaException) as err:
-            self.failures += 1
             log.warning("cannot write to %r: %s", self.topic, err)
         self._producer.poll(0)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,8 +65,6 @@ class KafkaSink:
         self._produce = self._producer.produce
         self._stop = threading.Event()
         self._last_error = ""
-        self._last_error_at = 0.0
-        self._all_brokers_down = False
         self._poller = threading.Thread(
             target=self._poll_loop, name="kafka-producer-poll", daemon=True
         )
@@ -102,9 +99,6 @@ class KafkaSink:
 
     def _on_error(self, err: KafkaError) -> None:
         self._last_error = err.str()
-        self._last_error_at = time.monotonic()
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._all_brokers_down = True
         self.reporter.problem("producer_error", f"Kafka producer: {err.str()}")
 
     def _poll_loop(self) -> None:
@@ -125,7 +119,6 @@ class KafkaSink:
             self._producer.list_topics(timeout=timeout_s)
         except KafkaException:
             return False
-        self._all_brokers_down = False
         return True
 
     @property

@@ -122,7 +122,6 @@ class PvaChannel:
         self._open()
 
     def _open(self) -> None:
-        self._events = 0
         self._sub = _p4p.ClientMonitor(
             self._monitors._provider,
             self.name,
@@ -164,7 +163,7 @@ class PvaChannel:
             self._listener.on_connection(state, time.time_ns())
 
     def _on_event(self, v: Any) -> None:
-        """Hot path: one call per update on the monitors' worker thread."""
+        """Hot path: one call per update, on pvxs's network thread (from `_drain`)."""
         if self._closed:
             return
         try:
@@ -262,9 +261,10 @@ class PvaMonitors:
             return len(self._channels)
 
     def close(self) -> None:
-        """Stop every subscription, the context and the worker threads.
+        """Stop every subscription and the pvxs client context.
 
-        Must not be called from a listener callback (it joins the worker thread).
+        Must not be called from a listener callback: callbacks run on pvxs's network thread,
+        which closing the context stops.
         """
         with self._lock:
             if self._closed:
