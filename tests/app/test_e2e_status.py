@@ -151,7 +151,32 @@ def test_status_fields_periodic_publication_and_stream_details(
     assert counters["messages_produced"] >= counters["updates_forwarded"]
     assert set(counters["dropped"]) >= {"queue_full", "unsupported_type", "bad_config"}
     assert later["summary"] == {"streams": 1, "connected": 1}
-    assert later["producer_queue_length"] >= 0
+    assert isinstance(later["producer_queue_length"], int)
+
+
+def test_status_counts_messages_waiting_in_the_producer(
+    kafka_bootstrap: str,
+    make_reader: Callable[[str, str], TopicReader],
+    forwarders: list[ForwarderProcess],
+) -> None:
+    """`producer_queue_length` is the producer's real queue: with a 3 s linger a fake PV
+    ticking at 50 Hz keeps well over 20 messages waiting, which the status must show."""
+    fp = ForwarderProcess(
+        kafka_bootstrap,
+        args=["--fake-pv-period", "20", "-X", "linger.ms=3000"],
+        status_interval_ms=500,
+    )
+    forwarders.append(fp)
+    fp.start()
+    send_config(
+        kafka_bootstrap,
+        fp.config_topic,
+        UpdateKind.ADD,
+        [StreamSpec("FAKE:QUEUE:1", "f144", unique_topic("data"), Protocol.FAKE)],
+    )
+    reader = make_reader(kafka_bootstrap, fp.status_topic)
+    _, status = _wait_status(reader, lambda s: s["producer_queue_length"] >= 20, timeout=30)
+    assert status["producer_queue_length"] <= status["counters"]["messages_produced"]
 
 
 def test_status_sent_right_after_each_config_change(
