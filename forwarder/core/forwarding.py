@@ -221,6 +221,8 @@ class Channel:
 
 
 def _is_empty(value: Any) -> bool:
+    if type(value) is dict:  # an NTTable's columns: empty when it has no rows
+        return len(value.get("timestamp", ())) == 0
     try:
         return len(value) == 0
     except TypeError:

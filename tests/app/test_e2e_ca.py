@@ -67,7 +67,8 @@ def f144_type(msg: Msg) -> str:
     return F144_TYPES[code]
 
 
-_NAME_FIELD = {"f144": "source_name", "tdct": "name", "al00": "source", "ep01": "source_name"}
+_NAME_FIELD = {"f144": "source_name", "f142": "source_name", "tdct": "name", "se00": "name",
+               "senv": "name", "al00": "source", "ep01": "source_name"}  # fmt: skip
 
 
 def source_name(schema: str, obj: Any) -> str:
@@ -77,8 +78,9 @@ def source_name(schema: str, obj: Any) -> str:
 
 
 def fb_timestamp_ns(schema: str, obj: Any) -> int | None:
-    """The FlatBuffer timestamp the Kafka timestamp must be derived from (None for tdct)."""
-    if schema == "f144":
+    """The FlatBuffer timestamp the Kafka timestamp must be derived from (None for tdct,
+    se00 and senv, whose FlatBuffer timestamp is their first sample's)."""
+    if schema in ("f144", "f142"):
         return int(obj.timestamp_unix_ns)
     if schema == "al00":
         return int(obj.timestamp_ns)

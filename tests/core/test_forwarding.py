@@ -787,3 +787,12 @@ def test_nttable_stream_forwards_tables_and_drops_non_tables_once_reported() -> 
     assert len([k for k in h.reporter.keys() if k.startswith("unsupported:")]) == 1
     assert [a.severity for a in al00s(h.sink)] == [Severity.OK, Severity.MINOR]
     assert len(ep01s(h.sink)) == 1
+
+
+def test_empty_nttable_counts_as_an_empty_update() -> None:
+    h = Harness()
+    h.add("PV:T", schema="nttable_senv", topic="t", protocol=Protocol.PVA)
+    empty = {"value": np.zeros(0), "timestamp": np.zeros(0, np.int64)}
+    h.subs.listener("PV:T", Protocol.PVA).on_update(empty, recent_ns(), 0, "")
+    assert h.sink.of(b"senv") == [] and h.core.counters.empty_updates == 1
+    assert h.core.counters.drops[Drop.UNSUPPORTED_TYPE] == 0

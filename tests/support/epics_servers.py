@@ -135,6 +135,8 @@ class Record:
     kind: ai/ao (double), longin/longout (int32), mbbi/mbbo (enum; `choices`, value is the
     index), waveform (`dtype` DOUBLE/FLOAT/LONG/SHORT/CHAR/UCHAR, `length` elements),
     stringin/stringout.  The p4p and caproto servers map these to the closest native type.
+    p4p only: nttable (an NTTable with a `value` column of `dtype` and an int64 `timestamp`
+    column; value and puts are {"value": [...], "timestamp": [ns, ...]}).
     """
 
     name: str

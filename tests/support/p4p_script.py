@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from p4p import Type, Value
-from p4p.nt import NTEnum, NTScalar
+from p4p.nt import NTEnum, NTScalar, NTTable
 from p4p.server import Server, StaticProvider
 from p4p.server.thread import SharedPV
 
@@ -37,9 +37,34 @@ def make_pv(spec: dict[str, Any]) -> SharedPV:
         initial = np.asarray([] if value is None else value, value_dtype(spec["dtype"]))
     elif kind in ("stringin", "stringout"):
         nt, initial = NTScalar("s"), "" if value is None else value
+    elif kind == "nttable":
+        return SharedPV(initial=table_value(spec, value if isinstance(value, dict) else {}))
     else:
         raise ValueError(f"unsupported record kind {kind!r}")
     return SharedPV(nt=nt, initial=initial, timestamp=time.time())
+
+
+_TABLE_TYPES: dict[str, Type] = {}
+
+
+def table_value(spec: dict[str, Any], columns: dict[str, list[Any]]) -> Value:
+    """An NTTable Value with both columns always set (so an empty table is sent as one:
+    a column left out of a post would keep its previous rows on the client)."""
+    table_type = _TABLE_TYPES.get(spec["dtype"])
+    if table_type is None:  # posts must reuse the exact Type the PV was opened with
+        layout = [("value", ARRAY_CODE[spec["dtype"]]), ("timestamp", "l")]
+        table_type = _TABLE_TYPES[spec["dtype"]] = NTTable(layout).type
+    return Value(
+        table_type,
+        {
+            "labels": ["value", "timestamp"],
+            "value": {
+                "value": np.asarray(columns.get("value", []), value_dtype(spec["dtype"])),
+                "timestamp": np.asarray(columns.get("timestamp", []), np.int64),
+            },
+            "timeStamp": stamp(time.time()),
+        },
+    )
 
 
 def stamp(now: float) -> dict[str, int]:
@@ -108,6 +133,9 @@ def main() -> None:
         elif op == "put":
             spec, pv = pvs[cmd["name"]]
             value = cmd["value"]
+            if spec["kind"] == "nttable":  # value: {"value": [...], "timestamp": [ns, ...]}
+                pv.post(table_value(spec, value))
+                return None
             if spec["kind"] == "waveform":
                 value = np.asarray(value, value_dtype(spec["dtype"]))
             pv.post(value, timestamp=time.time())
