@@ -323,7 +323,7 @@ class ForwardingCore:
         value, ts_ns, severity, status_message = last
         now_ms = time.time_ns() // 1_000_000
         try:
-            payload = out.serialiser.serialise(value, ts_ns)
+            payload = out.serialiser.serialise(value, ts_ns, severity, status_message)
         except Exception:  # noqa: BLE001 - unsupported or bad: the next update reports it
             payload = None
         if payload is not None:

@@ -144,6 +144,10 @@ def setup(kafka_bootstrap: str) -> Iterator[Setup]:
             (f"{Q}TABLE", "nttable_se00", tables.name, pva, False),
             (f"{Q}TABLE:I", "nttable_senv", tables.name, pva, False),
             (f"{Q}NOTTABLE", "nttable_se00", tables.name, pva, False),
+        ]
+        # Added once the others forward: a stream added to a PV already monitored gets
+        # its current value with now as the Kafka timestamp, which OutputTopic refuses.
+        late = [
             (f"{C}AI", "no_op", noop.name, ca, False),
             (f"{Q}AI", "no_op", noop.name, pva, False),
         ]
@@ -152,6 +156,9 @@ def setup(kafka_bootstrap: str) -> Iterator[Setup]:
             (FAKE, "nttable_senv", tables.name, fake, False),
         ]
         produce(kafka_bootstrap, fw.config_topic, [fc00(streams + rejected)])
+        status.wait(lambda d: d["summary"] == {"streams": len(streams), "connected": len(streams)})
+        produce(kafka_bootstrap, fw.config_topic, [fc00(late)])
+        streams += late
         status.wait(lambda d: d["summary"] == {"streams": len(streams), "connected": len(streams)})
         yield Setup(ioc, p4p, fw, out, tables, noop, resend, status)
 

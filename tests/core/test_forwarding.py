@@ -796,3 +796,23 @@ def test_empty_nttable_counts_as_an_empty_update() -> None:
     h.subs.listener("PV:T", Protocol.PVA).on_update(empty, recent_ns(), 0, "")
     assert h.sink.of(b"senv") == [] and h.core.counters.empty_updates == 1
     assert h.core.counters.drops[Drop.UNSUPPORTED_TYPE] == 0
+
+
+def test_f142_stream_added_to_a_monitored_pv_gets_its_current_alarm_inside() -> None:
+    from streaming_data_types.fbschemas.logdata_f142.AlarmSeverity import AlarmSeverity
+    from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
+    from streaming_data_types.logdata_f142 import deserialise_f142
+
+    from tests.support.kafka import allow_f142_with_numpy2
+
+    allow_f142_with_numpy2()
+    h = Harness()
+    h.add("PV:LATE", topic="a")
+    ts = recent_ns(5)
+    h.subs.listener("PV:LATE").on_update(2.5, ts, 1, "LOW")
+    h.add("PV:LATE", schema="f142", topic="b")
+    [msg] = h.sink.of(b"f142", "b")
+    decoded = deserialise_f142(msg.payload)
+    assert (decoded.value, decoded.timestamp_unix_ns) == (2.5, ts)
+    assert (decoded.alarm_severity, decoded.alarm_status) == (AlarmSeverity.MINOR, AlarmStatus.LOW)
+    assert h.sink.of(b"al00", "b") == []
