@@ -32,6 +32,7 @@ BASE_IMAGE="docker.io/library/python:3.11-slim"
 SUITE="bookworm"  # Debian 12: python3 is 3.11, the Python of python:3.11-slim
 FORWARDER_IMAGE="${FORWARDER_IMAGE:-localhost/forwarder:buildah-test}"
 IOC_IMAGE="${FORWARDER_IOC_IMAGE:-localhost/forwarder-example-ioc:buildah-test}"
+ROOT_HOME="${HOME:-/root}"  # root's home here; /root in the image
 STORAGE=(--root "$CACHE/storage" --runroot "$CACHE/run")
 
 bah() { buildah "${STORAGE[@]}" "$@"; }
@@ -40,7 +41,8 @@ log() { printf '== %s\n' "$*" >&2; }
 # pip configuration files of this machine (site-wide and root's), copied into the base.
 pip_config_files() {
   local f
-  for f in /etc/pip.conf /etc/xdg/pip/* "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+  for f in /etc/pip.conf /etc/xdg/pip/* \
+    "$ROOT_HOME/.config/pip/pip.conf" "$ROOT_HOME/.pip/pip.conf"; do
     [ -f "$f" ] && printf '%s\n' "$f"
   done
   return 0
@@ -103,7 +105,7 @@ build_base() {
   apt_config_files | while read -r f; do install -D -m 0644 "$f" "$mnt$f"; done
   # pip in the image uses this machine's index configuration and CA bundle.
   pip_config_files | while read -r f; do
-    case "$f" in "$HOME"/*) dest="/root/${f#"$HOME"/}" ;; *) dest="$f" ;; esac
+    case "$f" in "$ROOT_HOME"/*) dest="/root/${f#"$ROOT_HOME"/}" ;; *) dest="$f" ;; esac
     install -D -m 0644 "$f" "$mnt$dest"
   done
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$mnt/etc/ssl/certs/ca-certificates.crt"
