@@ -4,15 +4,15 @@ This directory is not a package (its name is not an identifier), so pytest impor
 as the top-level module `conftest`, which cannot clash with `tests.conftest`; the fixture
 and option names are distinct from those of `tests/` as well.
 
-* `system_kafka`: bootstrap of the broker under test — `$KAFKA_BOOTSTRAP` (or
-  `$FORWARDER_TEST_KAFKA`) when set, else a private embedded Tansu broker for the session.
+* `system_kafka`: bootstrap of the broker under test — `$FORWARDER_TEST_KAFKA` when set
+  (the variable `tests/` uses too; the former `$KAFKA_BOOTSTRAP` still works, with a
+  deprecation warning), else a private embedded Tansu broker for the session.
 * `--soak-minutes N` (registered in the repository's root conftest.py so that it is known
   however pytest is started): run the soak test for N minutes (0, the default, skips it).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `pytest integration-tests` without `python -m`
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.kafka import broker_bootstrap  # noqa: E402
+from tests.support.kafka import broker_bootstrap, external_broker  # noqa: E402
 
-#: Environment variables naming an existing broker, first one set wins.
-BROKER_ENV_VARS = ("KAFKA_BOOTSTRAP", "FORWARDER_TEST_KAFKA")
 SOAK_OPTION = "--soak-minutes"
 
 
@@ -47,14 +45,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long-running soak test (see --soak-minutes)")
-
-
-def external_broker() -> str | None:
-    for name in BROKER_ENV_VARS:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 The forwarder is started exactly as a user starts it — `forwarder_launch.py --config-file
 FILE`, with the output broker and log file given as `FORWARDER_*` environment variables —
-against the broker under test (`KAFKA_BOOTSTRAP`, or an embedded Tansu broker) and a real
+against the broker under test (`FORWARDER_TEST_KAFKA`, or an embedded Tansu broker) and a real
 softioc IOC serving its records over Channel Access and PV Access.  Configuration goes in
 and data comes out through Kafka only; the checks read the status, storage and output
 topics with independent consumers and decode them with `streaming_data_types`.

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.forwarder_process import ForwarderProcess
 from tests.support.kafka import (
-    EXTERNAL_BROKER_ENV,
     TansuBroker,
     TopicReader,
     broker_bootstrap,
+    external_broker,
 )
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap of a shared broker: `$FORWARDER_TEST_KAFKA` if set, else a private Tansu.
+    """Bootstrap of a shared broker: `$FORWARDER_TEST_KAFKA` if set, else a private Tansu
+    (see `external_broker`).
 
     Shared across the session because starting a broker per test costs time; tests stay
     independent by using `unique_topic`.
     """
-    with broker_bootstrap(os.environ.get(EXTERNAL_BROKER_ENV, "").strip()) as bootstrap:
+    with broker_bootstrap(external_broker()) as bootstrap:
         yield bootstrap
 
 

@@ -18,7 +18,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 #: Set to "host:port" to run the tests against an existing broker instead of Tansu.
 EXTERNAL_BROKER_ENV = "FORWARDER_TEST_KAFKA"
+#: The system tests' former name for the same thing; still read, with a warning.
+DEPRECATED_BROKER_ENV = "KAFKA_BOOTSTRAP"
 #: Schemas `decode` understands; everything the forwarder writes or reads.
 DECODABLE_SCHEMAS = (
     "f144", "f142", "tdct", "se00", "senv", "ep01", "al00", "x5f2", "rf5k", "fc00",
@@ -377,6 +380,24 @@ class TopicReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def external_broker(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The user's broker for every test (unit, end-to-end and system tests alike):
+    `$FORWARDER_TEST_KAFKA`, else the deprecated `$KAFKA_BOOTSTRAP`, else None."""
+    value = environ.get(EXTERNAL_BROKER_ENV, "").strip()
+    if value:
+        return value
+    old = environ.get(DEPRECATED_BROKER_ENV, "").strip()
+    if old:
+        warnings.warn(
+            f"{DEPRECATED_BROKER_ENV} is deprecated for the tests' broker: "
+            f"set {EXTERNAL_BROKER_ENV}={old} instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return old
+    return None
 
 
 @contextmanager

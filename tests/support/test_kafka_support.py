@@ -14,6 +14,7 @@ from tests.support.kafka import (
     TopicReader,
     create_topic,
     decode,
+    external_broker,
     produce,
     unique_topic,
 )
@@ -135,3 +136,12 @@ def test_tansu_broker_context_manager_cleans_up() -> None:
         process = broker._process
     assert process is not None and process.poll() is not None
     assert not broker.running
+
+
+def test_one_variable_names_the_external_broker() -> None:
+    assert external_broker({}) is None
+    assert external_broker({"FORWARDER_TEST_KAFKA": " k1:9092 "}) == "k1:9092"
+    both = {"FORWARDER_TEST_KAFKA": "k1:9092", "KAFKA_BOOTSTRAP": "old:9092"}
+    assert external_broker(both) == "k1:9092"
+    with pytest.warns(DeprecationWarning, match="set FORWARDER_TEST_KAFKA=old:9092"):
+        assert external_broker({"KAFKA_BOOTSTRAP": "old:9092"}) == "old:9092"
