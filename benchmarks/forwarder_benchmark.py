@@ -58,7 +58,10 @@ from forwarder.core.streams import Protocol, StreamSpec  # noqa: E402
 from tests.support.epics_servers import (  # noqa: E402
     CaRepeater,
     Counters,
+    Record,
+    SoftIoc,
     _ServerProcess,
+    epics_env,
     free_port,
 )
 from tests.support.forwarder_process import ForwarderProcess  # noqa: E402
@@ -808,6 +811,114 @@ def run_overload(setup: Setup) -> dict[str, Any]:
 
 
 # -- command line --------------------------------------------------------------------------
+def _waveform_receive_times(
+    ioc: SoftIoc, name: str, updates: int, subscribe: Callable[[Callable[[Any], None]], Any]
+) -> list[float]:
+    """Seconds from asking the IOC to post update i (its first element is i) to the client
+    callback holding it, for i = 1..updates.  `subscribe(cb)` starts a monitor calling
+    `cb(array)` and returns something with `close()`."""
+    import threading
+
+    got = threading.Condition()
+    seen: list[tuple[float, float]] = []
+
+    def on_value(data: Any) -> None:
+        first = float(data[0]) if len(data) else math.nan  # the first update is empty
+        with got:
+            seen.append((first, time.monotonic()))
+            got.notify_all()
+
+    handle = subscribe(on_value)
+    try:
+        with got:
+            if not got.wait_for(lambda: bool(seen), timeout=60):
+                raise TimeoutError(f"{name}: no first update")
+        times = []
+        for i in range(1, updates + 1):
+            started = time.monotonic()
+            ioc.command("fill", timeout=60, name=name, start=i)
+
+            def arrived_at(first: float = float(i)) -> float | None:
+                return next((t for v, t in seen if v == first), None)
+
+            with got:
+                if not got.wait_for(lambda: arrived_at() is not None, timeout=60):
+                    raise TimeoutError(f"{name}: update {i} never arrived")
+                arrived = arrived_at()
+                assert arrived is not None
+            times.append(arrived - started)
+        return times
+    finally:
+        handle.close()
+
+
+def run_large_waveform(setup: Setup) -> dict[str, Any]:
+    """MB/s of one large CA waveform: IOC post -> client callback, stock caproto first
+    (its own receive path and executor), then the forwarder's CA adapter (linear receive
+    path, inline callbacks).  No Kafka: this isolates the EPICS receive side, where a
+    quadratic parse once stalled every CA circuit for seconds per 32 MB update."""
+    from caproto.threading.client import Context
+
+    from forwarder.adapters.ca import CaMonitors
+
+    args = setup.args
+    size_mb = args.large_waveform
+    elements = int(size_mb * 2**20) // 8
+    name = f"{PREFIX}WAVEFORM"
+    env = epics_env(free_port(), free_port())
+    env["EPICS_CA_MAX_ARRAY_BYTES"] = str(elements * 8 + 65536)
+    os.environ.update(env)  # caproto reads its configuration from the environment only
+    result: dict[str, Any] = {"mode": "large_waveform", "protocol": "ca",
+                              "waveform_mb": size_mb, "elements": elements,
+                              "updates": args.updates}  # fmt: skip
+    with (
+        CaRepeater(env),
+        SoftIoc([Record(name, "waveform", None, "DOUBLE", elements)], env=env) as ioc,
+    ):
+        say(f"softioc serving {name}: {elements} doubles ({size_mb} MiB)")
+
+        def stock(cb: Callable[[Any], None]) -> Any:
+            context = Context(timeout=10)
+            (pv,) = context.get_pvs(name, timeout=10)
+            sub = pv.subscribe(data_type="time")
+
+            class Closer:
+                """Holds the callback: caproto keeps only a weak reference to it."""
+
+                def on_value(self, _sub: Any, response: Any) -> None:
+                    cb(response.data)
+
+                def close(self) -> None:
+                    context.disconnect()
+
+            closer = Closer()
+            sub.add_callback(closer.on_value)
+            return closer
+
+        def ours(cb: Callable[[Any], None]) -> Any:
+            class Listener:
+                def on_update(self, value: Any, _ts: int, _sev: int, _status: str) -> None:
+                    cb(value)
+
+                def on_connection(self, _state: Any, _ts: int) -> None:
+                    pass
+
+            monitors = CaMonitors(timeout=10)
+            monitors.subscribe(name, Listener())  # type: ignore[arg-type]
+            return monitors
+
+        for label, subscribe in (("stock_caproto", stock), ("forwarder", ours)):
+            times = _waveform_receive_times(ioc, name, args.updates, subscribe)
+            median = sorted(times)[len(times) // 2]
+            result[f"{label}_mb_per_s"] = rounded(size_mb / median, 1)
+            result[f"{label}_post_to_callback_ms"] = {
+                "p50": rounded(median * 1000, 1),
+                "max": rounded(max(times) * 1000, 1),
+            }
+            say(f"{label}: {size_mb / median:.0f} MB/s (median {median * 1000:.1f} ms/update)")
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", choices=("pva", "ca"), default="pva")
@@ -867,6 +978,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     mode.add_argument("--find-max", action="store_true")
     mode.add_argument("--overload", action="store_true")
+    mode.add_argument(  # see run_large_waveform
+        "--large-waveform",
+        type=float,
+        nargs="?",
+        const=8.0,
+        metavar="MB",
+        help="MB/s of one CA waveform of MB MiB (default 8), stock caproto and ours",
+    )
+    p.add_argument("--updates", type=int, default=10, help="large-waveform: updates timed")
     p.add_argument("--pv-update-period", type=int, default=10_000, help="scale mode, ms")
     p.add_argument(
         "--stall-timeout",
@@ -903,6 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _exit_on_signal)
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
+    if args.large_waveform:  # EPICS side only: no broker
+        print(json.dumps(run_large_waveform(Setup(args, "", None))), flush=True)
+        return 0
     with broker(args) as setup:
         if args.scale:
             result = run_scale(setup)
@@ -910,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_find_max(setup)
         elif args.overload:
             result = run_overload(setup)
+
         else:
             result = run_throughput(setup)
     print(json.dumps(result), flush=True)

@@ -475,3 +475,23 @@ def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
     assert core.counters.monitor_stop_errors == 1
     assert core.channels == {} and monitors.channel_count() == 0
     assert any("T:AI" in m and "BlockingIOError" in m for _, m in reporter.problems)
+
+
+def test_large_waveform_spanning_many_reads_arrives_intact(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    """4 MiB of doubles: sixteen bounded reads collected into one command, values exact."""
+    n = 1 << 19
+    env = {**env, "EPICS_CA_MAX_ARRAY_BYTES": str(n * 8 + 65536)}
+    with SoftIoc([Record("T:BIG", "waveform", None, "DOUBLE", n)], env=env) as ioc:
+        listener = subscribe(monitors, "T:BIG")["T:BIG"]
+        listener.wait_update()  # empty at first
+        for start in (1, 2):
+            ioc.command("fill", name="T:BIG", start=start)
+
+            def filled(u: Any, first: int = start) -> bool:
+                return len(u.value) > 0 and bool(u.value[0] == first)
+
+            value = listener.wait_update(filled).value
+            assert value.dtype == np.float64 and len(value) == n
+            assert np.array_equal(value, np.arange(n) + start)

@@ -210,3 +210,37 @@ def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None
     assert calls == [1, 1] and [type(c).__name__ for c in processed] == ["EchoResponse"]
     assert manager.last_tcp_receipt > 0
     assert _caproto_receive._received(manager, b"", None) is ca.DISCONNECTED
+
+
+def test_a_large_array_is_received_in_linear_time() -> None:
+    """A command spread over many reads is collected in one growing buffer and parsed
+    once complete: the pending part is never copied again per read (which made an 8 MB
+    waveform cost ~260 MB of copying, a 32 MB one ~4 GB)."""
+    n = 1 << 20  # 8 MiB of doubles
+    stream = wire(
+        [
+            ca.EventAddResponse(
+                data=np.arange(n, dtype=">f8"),
+                data_type=ca.ChannelType.DOUBLE,
+                data_count=n,
+                status=1,
+                subscriptionid=3,
+            ),
+            ca.EchoResponse(),
+        ]
+    )
+    chunk = _caproto_receive.MAX_TCP_READ
+    circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
+    circuit._data = bytearray()
+    commands, needed = _caproto_receive._linear_recv(circuit, stream[:chunk])
+    assert not commands and needed == len(stream) - 16 - chunk  # all but the echo
+    pending = circuit._data
+    for start in range(chunk, len(stream) - chunk, chunk):
+        commands, needed = _caproto_receive._linear_recv(circuit, stream[start : start + chunk])
+        assert not commands
+        assert circuit._data is pending  # grown in place, not rebuilt from a copy
+    last = (len(stream) - 1) // chunk * chunk
+    commands, needed = _caproto_receive._linear_recv(circuit, stream[last:])
+    assert [type(c).__name__ for c in commands] == ["EventAddResponse", "EchoResponse"]
+    assert needed == 0 and len(circuit._data) == 0
+    assert np.array_equal(np.asarray(commands[0].data), np.arange(n))

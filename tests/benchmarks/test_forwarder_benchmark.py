@@ -54,3 +54,12 @@ def test_f142_schema_is_measured_like_f144() -> None:
     assert result["loss_fraction"] == 0.0 and result["errors"] == 0
     assert result["forwarded_per_s"] == pytest.approx(100, rel=0.2)
     assert isinstance(result["forwarder_cpu_s_per_1000"], int | float)
+
+
+@pytest.mark.timeout(300)
+def test_large_waveform_mode_reports_mb_per_s() -> None:
+    result = run_benchmark("--large-waveform", "1", "--updates", "2")
+    assert result["mode"] == "large_waveform" and result["elements"] == 131072
+    for key in ("stock_caproto_mb_per_s", "forwarder_mb_per_s"):
+        value = result[key]
+        assert isinstance(value, int | float) and value > 0, key

@@ -95,6 +95,9 @@ def main() -> None:
             if spec["kind"] == "waveform":
                 value = np.asarray(value, value_dtype(spec["dtype"]))
             record.set(value)
+        elif cmd["op"] == "fill":  # a large waveform, without sending it through the pipe
+            length = spec["length"]
+            record.set(np.arange(length, dtype=value_dtype(spec["dtype"])) + cmd["start"])
         elif cmd["op"] == "alarm":
             record.set_alarm(cmd["severity"], cmd["status"])
         else:
