@@ -60,8 +60,12 @@ Converter = Callable[[Any], Any]
 
 
 def status_text(status: int) -> str:
-    """CA alarm status number -> text ("HIHI"), "" for NO_ALARM."""
-    return _STATUS_TEXT[status] if status < _N_STATUS else f"STATUS_{status}"
+    """CA alarm status number -> text ("HIHI"), "" for NO_ALARM.
+
+    The one lookup for both update paths.  The wire field is a signed short, so a server
+    sending a value beyond the table (or negative) gets `STATUS_<n>`, never another name.
+    """
+    return _STATUS_TEXT[status] if 0 <= status < _N_STATUS else f"STATUS_{status}"
 
 
 def _decode_strings(data: Any) -> Any:
@@ -389,12 +393,11 @@ class CaChannel:
         if response.data_type != self._data_type:
             self._choose_converter(response)
         md = response.metadata
-        status = md.status
         self._listener.on_update(
             self._convert(response.data),
             (md.secondsSinceEpoch + EPICS_EPOCH_OFFSET_S) * _NS + md.nanoSeconds,
             md.severity,
-            _STATUS_TEXT[status] if status < _N_STATUS else status_text(status),
+            status_text(md.status),
         )
         if self._fast_decode is not None:
             self._use_fast_path(sub, response.data_type)
@@ -408,7 +411,7 @@ class CaChannel:
             value,
             ts,
             severity,
-            _STATUS_TEXT[status] if 0 <= status < _N_STATUS else status_text(status),
+            status_text(status),
         )
 
     def _choose_converter(self, response: Any) -> None:

@@ -234,6 +234,8 @@ def test_caproto_server_types_and_alarms(env: dict[str, str], monitors: CaMonito
 
 def test_status_text_and_converters() -> None:
     assert status_text(0) == "" and status_text(3) == "HIHI" and status_text(999) == "STATUS_999"
+    # The wire field is signed: a negative status is a number, not a name from the table's end.
+    assert status_text(-1) == "STATUS_-1"
     big_endian = np.array([1.0, 2.0], ">f8")
     converted = make_converter(20, big_endian, scalar=False)(big_endian)
     assert converted.dtype == np.float64 and converted.dtype.isnative
