@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from forwarder.adapters.kafka_uri import KafkaUri, librdkafka_config
-
-_SECRET_MARKERS = ("password", "secret")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a librdkafka setting name holds a secret (its value is never shown)."""
-    lowered = key.lower()
-    return any(m in lowered for m in _SECRET_MARKERS)
+from forwarder.adapters.kafka_uri import is_secret_key as is_secret_key  # the one rule
 
 
 class Secret:

@@ -27,7 +27,16 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
 DEFAULT_KAFKA_PORT = 9092
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-_REDACT_MARKERS = ("password", "secret")
+#: librdkafka settings whose value can be or hold a secret, by a part of their name:
+#: passwords and passphrases (sasl.password, ssl.key.password, ssl.keystore.password,
+#: sasl.oauthbearer.assertion.private.key.passphrase), client secrets
+#: (sasl.oauthbearer.client.secret and its alias) and private keys in the setting itself
+#: (ssl.key.pem, sasl.oauthbearer.assertion.private.key.pem).
+_SECRET_MARKERS = ("password", "passphrase", "secret", "key.pem")
+#: ... and by their whole name: a private key set through the API, and free-form settings
+#: that carry credentials (the OAUTHBEARER configuration may hold tokens and client
+#: secrets, its extensions may hold identifiers issued with them).
+_SECRET_KEYS = frozenset(("ssl_key", "sasl.oauthbearer.config", "sasl.oauthbearer.extensions"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +236,18 @@ def librdkafka_config(
     return config
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a librdkafka setting can hold a secret, so that its value is never shown
+    (logs, Graylog, status).  Errs on the side of hiding: checked against every
+    setting of librdkafka's CONFIGURATION.md that takes a key, password or token."""
+    lowered = key.lower()
+    return lowered in _SECRET_KEYS or any(m in lowered for m in _SECRET_MARKERS)
+
+
 def redact(config: Mapping[str, str]) -> dict[str, str]:
-    """Copy of `config` fit for logs: values of password/secret keys become ``***``."""
-    return {
-        key: "***" if any(m in key.lower() for m in _REDACT_MARKERS) else value
-        for key, value in config.items()
-    }
+    """Copy of `config` fit for logs: values of settings that can hold a secret become
+    ``***`` (see `is_secret_key`)."""
+    return {key: "***" if is_secret_key(key) else value for key, value in config.items()}
 
 
 _KAFKA_KEY_RE = re.compile(r"^[a-z][a-z0-9._]*$")

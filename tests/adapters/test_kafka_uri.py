@@ -212,3 +212,38 @@ def test_redact_hides_passwords_and_secrets() -> None:
         "bootstrap.servers": "h:1",
     }
     assert config["sasl.password"] == "pw"
+
+
+#: Every librdkafka setting (CONFIGURATION.md) whose value is, or can carry, a secret.
+SECRET_SETTINGS = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.extensions",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+]
+#: Neighbours that are not secret and stay readable (paths, names, public keys).
+PLAIN_SETTINGS = [
+    "sasl.username",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.certificate.pem",
+    "ssl.ca.pem",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.token.endpoint.url",
+    "linger.ms",
+]
+
+
+def test_every_setting_that_can_carry_a_secret_is_redacted() -> None:
+    config = {key: f"value-of-{key}" for key in SECRET_SETTINGS + PLAIN_SETTINGS}
+    shown = redact(config)
+    assert [k for k in SECRET_SETTINGS if shown[k] != "***"] == []
+    assert [k for k in PLAIN_SETTINGS if shown[k] != config[k]] == []

@@ -308,3 +308,42 @@ def test_sasl_passwords_never_appear_in_logs(
         assert cli_secret not in text
         assert env_secret not in text
         assert "s3cr3t" not in text
+
+
+def test_no_librdkafka_secret_reaches_the_log_or_graylog(
+    kafka_bootstrap: str, forwarders: list[ForwarderProcess]
+) -> None:
+    """Not only passwords: private keys, keystore passwords and OAUTHBEARER settings given
+    with -X are masked in the logged client configurations, on the console and on
+    Graylog.  (On a PLAINTEXT connection librdkafka accepts and ignores them.)"""
+    secrets = {
+        "ssl.key.pem": "-----BEGIN PRIVATE KEY-----PEMSECRET1-----END PRIVATE KEY-----",
+        "ssl.keystore.password": "KEYSTORESECRET2",
+        "sasl.oauthbearer.config": "principal=svc extension_token=OAUTHSECRET3",
+        "sasl.oauthbearer.client.secret": "CLIENTSECRET4",
+    }
+    listener = _GelfListener()
+    try:
+        args = ["--graylog-logger-address", f"127.0.0.1:{listener.port}", "--fake-pv-period", "100"]
+        for key, value in secrets.items():
+            args += ["-X", f"{key}={value}"]
+        fp = ForwarderProcess(kafka_bootstrap, args=args, verbosity="Debug")
+        forwarders.append(fp)
+        fp.start()
+        _add_fake_stream(kafka_bootstrap, fp, "FAKE:SECRET:1")
+        _wait_streaming(kafka_bootstrap, fp, "FAKE:SECRET:1")
+        logged = listener.wait_for(
+            lambda r: "output producer config" in r.get("short_message", ""), timeout=20
+        )
+        assert fp.stop() == 0
+        listener.poll(0.5)
+        console = fp.log()
+        for key in secrets:
+            assert f"'{key}': '***'" in console, key
+            assert f"'{key}': '***'" in logged["short_message"], key
+        gelf = json.dumps(listener.records)
+        for marker in ("PEMSECRET1", "KEYSTORESECRET2", "OAUTHSECRET3", "CLIENTSECRET4"):
+            assert marker not in console, marker
+            assert marker not in gelf, marker
+    finally:
+        listener.close()
