@@ -318,9 +318,9 @@ def check_value_order(out: OutputTopic, server: Any, pv: str, count: int = 30) -
     out.wait_value(pv, float(count), since)
     got = [o for _, o in out.of(pv, "f144", since)]
     values = [float(o.value) for o in got]
+    # How many of the burst arrive is the server's choice (CA and PVA servers may squash
+    # queued updates of a subscription down to the newest); their order is not.
     assert values == sorted(set(values)) and values[-1] == count, values
-    # CA and PVA servers queue a few updates per subscription before squashing.
-    assert len(values) >= 3, values
     stamps = [o.timestamp_unix_ns for o in got]
     assert stamps == sorted(stamps)
 
@@ -453,9 +453,12 @@ def check_string_pv(
     server.set_alarm(pv, 1, "STATE")
     out.wait(pv, "al00", lambda o: o.severity == Severity.MINOR)
     assert out.of(pv, "f144") == []
-    doc = status.wait(lambda d: stream_status(d, pv)["updates_dropped"] >= 5)
+    # Dropped: the first update (its al00 came first) and the MINOR one (its al00 came
+    # last).  The puts in between may be squashed into fewer updates, even into the
+    # MINOR one (a PVA server may coalesce quick puts), so only these two are certain.
+    doc = status.wait(lambda d: stream_status(d, pv)["updates_dropped"] >= 2)
     assert stream_status(doc, pv)["updates_forwarded"] == 0
-    assert doc["counters"]["dropped"]["unsupported_type"] >= 5
+    assert doc["counters"]["dropped"]["unsupported_type"] >= 2
     since = out.mark()
     server.put(other_pv, 11.5)
     out.wait_value(other_pv, 11.5, since)
