@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -52,7 +53,10 @@ def _consumer(config: Mapping[str, Any]) -> Consumer:
     conf: dict[str, Any] = dict(_CONSUMER_DEFAULTS)
     conf["group.id"] = f"forwarder-{uuid.uuid4()}"  # never joined; required by librdkafka
     conf.update(config)
-    return Consumer(with_kafka_logger(conf))
+    try:
+        return Consumer(with_kafka_logger(conf))
+    except KafkaException as err:
+        raise ValueError(f"invalid Kafka settings: {err}") from None
 
 
 def merge_partitions(fetched: list[tuple[int, int, bytes]]) -> list[bytes]:
@@ -215,62 +219,169 @@ class ConfigTopicConsumer:
             pass
 
 
-def read_topic_to_end(
-    config: Mapping[str, Any], topic: str, timeout_s: float = 10.0, settle_s: float = 1.0
-) -> list[bytes]:
-    """Every message value of `topic`, oldest first within each partition, ordered by
-    broker timestamp across partitions.
+class KafkaErrorLog:
+    """An ``error_cb`` that keeps librdkafka's last specific error, so that "unreachable"
+    can say why (connection refused, TLS, authentication) rather than "all brokers down"."""
 
-    The end is found by partition EOF *and* a quiet period of `settle_s`: some brokers
-    report a high watermark below the real end of the log, so EOF alone is not trusted.
-    A missing topic yields an empty list.
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, error: Any) -> None:
+        text = str(error.str() if hasattr(error, "str") else error)
+        # "1/1 brokers are down" follows the specific reason; keep the specific one.
+        if self.last is None or "brokers are down" not in text:
+            self.last = text
+
+    def reason(self, exc: BaseException, client: Any) -> str:
+        """librdkafka's own words (e.g. "Connection refused"), else the exception's."""
+        try:
+            client.poll(0)  # error callbacks are only served while polling
+        except Exception:  # noqa: BLE001 - a failing poll must not hide the original problem
+            pass
+        if self.last:
+            return self.last
+        error: Any = exc.args[0] if exc.args else None
+        if hasattr(error, "str"):
+            return str(error.str())
+        return str(exc) or type(exc).__name__
+
+
+class TopicUnreadable(Exception):
+    """The topic's metadata names an error other than "does not exist"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class TopicContents:
+    """What `read_topic` found; `exists` False for a topic the broker does not know."""
+
+    exists: bool
+    records: list[Record]
+    complete: bool = True
+
+
+def read_topic(
+    config: Mapping[str, Any],
+    topic: str,
+    *,
+    timeout_s: float = 10.0,
+    settle_s: float = 1.0,
+    quiet_s: float | None = None,
+    since_ms: int | None = None,
+    live_from_ms: int | None = None,
+) -> TopicContents:
+    """Every record of `topic` (stamped from `since_ms` on, if given), read from
+    all partitions without joining a consumer group, sorted by (timestamp, partition,
+    offset).
+
+    A partition counts as read at its EOF, or, with `live_from_ms`, once it yields a record
+    stamped at or after that time (topics that running services keep writing to never stay
+    at their end).  Reading stops when every partition is read and nothing arrived for
+    `settle_s` (some brokers report a high watermark below the real end of the log, so EOF
+    alone is not trusted), after `quiet_s` without any record, or at `timeout_s`
+    (`complete` False).  Raises ConnectionError (with librdkafka's reason) when the broker
+    cannot be reached and TopicUnreadable for other metadata errors.
     """
+    errors = KafkaErrorLog()
     conf: dict[str, Any] = dict(config)
     conf["enable.partition.eof"] = True
+    conf.setdefault("error_cb", errors)
     consumer = _consumer(conf)
+    deadline = time.monotonic() + timeout_s
     try:
         try:
-            md = consumer.list_topics(topic, timeout=5.0)
+            md = consumer.list_topics(topic, timeout=min(timeout_s, 5.0))
         except KafkaException as err:
-            raise ConnectionError(f"cannot read storage topic {topic!r}: {err}") from err
+            raise ConnectionError(errors.reason(err, consumer)) from err
         topic_md = md.topics.get(topic)
-        if topic_md is None or topic_md.error is not None or not topic_md.partitions:
-            return []
+        if topic_md is not None and topic_md.error is not None:
+            if topic_md.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise TopicUnreadable(topic_md.error.str())
+            return TopicContents(False, [])
+        if topic_md is None or not topic_md.partitions:
+            return TopicContents(False, [])
         parts = sorted(topic_md.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        found: list[tuple[int, int, int, bytes]] = []
-        eof: set[int] = set()
-        deadline = time.monotonic() + timeout_s
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+        if since_ms is not None:
+            try:
+                found_at = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, since_ms) for p in parts],
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+                starts = [
+                    TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                    for tp in found_at
+                ]
+            except KafkaException:
+                pass  # read from the start, skipping what is older
+        consumer.assign(starts)
+        found: list[Record] = []
+        done: set[int] = set()
         last_activity = time.monotonic()
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.1)
+        complete = False
+        while True:
             now = time.monotonic()
+            if now >= deadline:
+                break
+            if quiet_s is not None and now - last_activity >= quiet_s:
+                complete = True
+                break
+            if len(done) == len(parts) and now - last_activity >= settle_s:
+                complete = True
+                break
+            msg = consumer.poll(min(0.1, max(0.0, deadline - now)))
             if msg is None:
-                if len(eof) == len(parts) and now - last_activity >= settle_s:
-                    break
                 continue
+            last_activity = time.monotonic()
             problem = msg.error()
+            partition = msg.partition() or 0
             if problem is not None:
                 if problem.code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition() or 0)
+                    done.add(partition)
                 else:
-                    log.warning("storage topic %r: %s", topic, problem.str())
+                    log.warning("topic %r: %s", topic, problem.str())
                 continue
-            last_activity = now
-            partition = msg.partition() or 0
-            eof.discard(partition)
             _, ts = msg.timestamp()
-            found.append((ts, partition, msg.offset() or 0, bytes(msg.value() or b"")))
-        else:
-            log.warning("storage topic %r: not read to its end within %.0f s", topic, timeout_s)
-        found.sort(key=lambda m: (m[0], m[1], m[2]))
-        return [m[3] for m in found]
+            if live_from_ms is not None and ts >= live_from_ms:
+                done.add(partition)
+            else:
+                done.discard(partition)
+            if since_ms is not None and ts < since_ms:
+                continue  # offsets-for-times unsupported or approximate: filter here too
+            found.append(Record(partition, msg.offset() or 0, ts, bytes(msg.value() or b"")))
+        if not complete:
+            log.warning("topic %r: not read to its end within %.0f s", topic, timeout_s)
+        found.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+        return TopicContents(True, found, complete)
     finally:
         consumer.close()
 
 
+def read_topic_to_end(
+    config: Mapping[str, Any], topic: str, timeout_s: float = 10.0, settle_s: float = 1.0
+) -> list[bytes]:
+    """Every message value of `topic`, ordered by broker timestamp (`read_topic`); a
+    missing topic yields an empty list."""
+    try:
+        contents = read_topic(config, topic, timeout_s=timeout_s, settle_s=settle_s)
+    except (ConnectionError, TopicUnreadable) as err:
+        raise ConnectionError(f"cannot read topic {topic!r}: {err}") from err
+    return [r.value for r in contents.records]
+
+
+class DeliveryFailed(Exception):
+    """A message was not acknowledged by the broker (the reason is the message)."""
+
+
 class TopicWriter:
-    """A small producer for low-rate messages (status, storage)."""
+    """A small producer for low-rate messages (status, storage, the operator CLI)."""
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         # Compressed: a stored configuration or status of 100,000 PVs is several MB of
@@ -282,11 +393,16 @@ class TopicWriter:
             "compression.type": "lz4",
         }
         conf.update(config)
+        self.errors = KafkaErrorLog()
         conf["error_cb"] = self._on_error
         self.topic = topic
-        self._producer = Producer(with_kafka_logger(conf))
+        try:
+            self._producer = Producer(with_kafka_logger(conf))
+        except KafkaException as err:
+            raise ValueError(f"invalid Kafka settings: {err}") from None
 
     def _on_error(self, err: KafkaError) -> None:
+        self.errors(err)
         log.debug("writer for %r: %s", self.topic, err.str())
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -299,6 +415,42 @@ class TopicWriter:
         except (BufferError, KafkaException) as err:
             log.warning("cannot write to %r: %s", self.topic, err)
         self._producer.poll(0)
+
+    def probe(self, timeout_s: float) -> None:
+        """Raise ConnectionError (with librdkafka's reason) unless the broker answers a
+        metadata request: producing to an unreachable broker fails only after
+        message.timeout.ms, with a vaguer error."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as err:
+            raise ConnectionError(self.errors.reason(err, self._producer)) from None
+
+    def write_and_wait(
+        self, payload: bytes, key: bytes | None, timeout_s: float
+    ) -> tuple[int, int]:
+        """Produce one message and wait for the broker's ack; (partition, offset).
+
+        Raises DeliveryFailed when it is refused or not acknowledged within `timeout_s`.
+        """
+        result: dict[str, Any] = {}
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            result["error"] = err
+            result["where"] = (msg.partition(), msg.offset())
+
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._producer.produce(self.topic, payload, key, on_delivery=on_delivery)
+        except (BufferError, KafkaException) as err:
+            raise DeliveryFailed(str(err)) from None
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        if "error" not in result:
+            why = f" ({self.errors.last})" if self.errors.last else ""
+            raise DeliveryFailed(f"not acknowledged within {timeout_s:g} s{why}")
+        if result["error"] is not None:
+            raise DeliveryFailed(f"not delivered: {result['error'].str()}")
+        partition, offset = result["where"]
+        return int(partition), int(offset)
 
     def flush(self, timeout_s: float) -> int:
         return int(self._producer.flush(timeout_s))

@@ -176,6 +176,28 @@ def test_config_topic_from_environment(
     assert [s.channel for s in update.streams] == ["A:B"]
 
 
+def test_ess_environment_names_and_precedence(
+    kafka_bootstrap: str,
+    make_reader: Reader,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ESS forwarder's CONFIG_TOPIC works as in forwarder-launch; FORWARDER_* wins."""
+    topic, other = unique_topic("cfg_ess"), unique_topic("cfg_ours")
+    monkeypatch.delenv("FORWARDER_CONFIG_TOPIC", raising=False)
+    monkeypatch.setenv("CONFIG_TOPIC", f"{kafka_bootstrap}/{topic}")
+    code, _, err = run(capsys, "remove", "A:B")
+    assert code == 0, err
+    _, update = sent(make_reader, kafka_bootstrap, topic)
+    assert [s.channel for s in update.streams] == ["A:B"]
+    monkeypatch.setenv("FORWARDER_CONFIG_TOPIC", f"{kafka_bootstrap}/{other}")
+    code, out, err = run(capsys, "remove", "C:D")
+    assert code == 0, err
+    assert f"to {kafka_bootstrap}/{other} " in out
+    _, update = sent(make_reader, kafka_bootstrap, other)
+    assert [s.channel for s in update.streams] == ["C:D"]
+
+
 # -- stream files ------------------------------------------------------------------------------
 
 EXPECTED_FILE_ROWS = [
@@ -296,6 +318,11 @@ BAD_INPUTS: list[tuple[Sequence[str], str]] = [
     (["add", "A:B", "--protocol", "ca", "--topic", "t", "--config-topic",
       "SCRAM-SHA-256\\user@localhost:9092/cfg"], "--config-topic-sasl-password is required"),
     (["add", "A:B", "--protocol", "ca", "--topic", "t", "-X", "nonsense"], "expected KEY=VALUE"),
+    (["add", "A:B", "--protocol", "ca", "--topic", "t", "--config-topic",
+      "SASL_SSL+localhost:9092/cfg"], "--config-topic: security protocol SASL_SSL needs"),
+    (["add", "A:B", "--protocol", "ca", "--topic", "t", "--config-topic",
+      "SASL_SSL+PLAIN\\u@localhost/cfg", "--config-topic-sasl-password", "pw",
+      "--security-protocol", "sasl_plaintext"], "the address says SASL_SSL but"),
     (["status", "--status-topic", f"{CLOSED}/st", "--max-age", "-1"], "must be more than 0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]  # fmt: skip

@@ -1,0 +1,219 @@
+"""`status`: the newest x5f2 status of each forwarder, as a table or JSON.
+
+The status topic is read with the service's topic reader (`read_topic`: every partition,
+no consumer group), stopping once each partition reached its end or reports live
+messages, or after a quiet period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forwarder.adapters.kafka_config import TopicUnreadable, read_topic
+from forwarder.app.config_cli.connection import Connection, connection, unreachable_message
+from forwarder.app.config_cli.errors import EXIT_OK, Failure, UsageError
+
+#: Without end-of-partition events (some brokers), stop reading after this much silence.
+DEFAULT_QUIET_S = 2.0
+
+
+@dataclass
+class ServiceStatus:
+    """The newest x5f2 message of one service."""
+
+    service_id: str
+    host_name: str
+    process_id: int
+    software_name: str
+    software_version: str
+    update_interval_ms: int
+    timestamp_ms: int
+    status: dict[str, Any] | None
+    status_json: str
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "service_id": self.service_id,
+            "host_name": self.host_name,
+            "process_id": self.process_id,
+            "software_name": self.software_name,
+            "software_version": self.software_version,
+            "update_interval_ms": self.update_interval_ms,
+            "timestamp_ms": self.timestamp_ms,
+            "status": self.status,
+        }
+        if self.status is None:
+            doc["status_json"] = self.status_json
+        return doc
+
+
+def _decode_status(value: bytes, timestamp_ms: int) -> ServiceStatus | None:
+    """None for anything that is not a readable x5f2 (status topics may be shared)."""
+    if value[4:8] != b"x5f2":
+        return None
+    from streaming_data_types.status_x5f2 import deserialise_x5f2
+
+    try:
+        msg = deserialise_x5f2(value)
+    except Exception:  # corrupt flatbuffers raise assorted errors; skipping is the point
+        return None
+    try:
+        status = json.loads(msg.status_json)
+    except ValueError:
+        status = None
+    return ServiceStatus(
+        msg.service_id,
+        msg.host_name,
+        int(msg.process_id),
+        msg.software_name,
+        msg.software_version,
+        int(msg.update_interval),
+        timestamp_ms,
+        status if isinstance(status, dict) else None,
+        msg.status_json,
+    )
+
+
+def read_status(
+    conn: Connection,
+    max_age_s: float | None,
+    quiet_s: float,
+    accept: Callable[[str], bool],
+) -> list[ServiceStatus]:
+    """Newest status per service.
+
+    A partition is read once it reports its end or yields a message stamped after we
+    started (running forwarders publish every few seconds, so their partition never stays
+    at its end for long, and some brokers report the end late).  Reading stops when every
+    partition is read, after `quiet_s` without messages, or at the connection's timeout.
+    """
+    started_ms = int(time.time() * 1000)
+    since_ms = int(time.time() * 1000 - max_age_s * 1000) if max_age_s else None
+    try:
+        contents = read_topic(
+            {**conn.config(), "group.id": f"forwarder-config-{uuid.uuid4().hex[:12]}"},
+            conn.topic,
+            timeout_s=conn.timeout,
+            settle_s=0.0,
+            quiet_s=quiet_s,
+            since_ms=since_ms,
+            live_from_ms=started_ms,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except ConnectionError as exc:
+        raise Failure(unreachable_message(conn, str(exc))) from None
+    except TopicUnreadable as exc:
+        raise Failure(f"cannot read {conn.endpoint.uri}: {exc}") from None
+    if not contents.exists:
+        raise Failure(
+            f"no status messages: topic {conn.topic!r} does not exist on {conn.endpoint.uri}"
+        )
+    newest: dict[str, ServiceStatus] = {}
+    for record in contents.records:
+        found = _decode_status(record.value, record.timestamp_ms)
+        if found is None or not accept(found.service_id):
+            continue
+        known = newest.get(found.service_id)
+        if known is None or found.timestamp_ms >= known.timestamp_ms:
+            newest[found.service_id] = found
+    return sorted(newest.values(), key=lambda s: s.service_id)
+
+
+def _age(now_ms: float, then_ms: Any) -> str:
+    if not isinstance(then_ms, int | float) or isinstance(then_ms, bool) or then_ms <= 0:
+        return "never"
+    seconds = max(0.0, (now_ms - then_ms) / 1000)
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+_COLUMNS = (
+    ("CHANNEL", "channel_name"),
+    ("PROTOCOL", "protocol"),
+    ("TOPIC", "output_topic"),
+    ("SCHEMA", "schema"),
+    ("CONNECTION", "connection"),
+    ("LAST UPDATE", "last_update_ms"),
+    ("FORWARDED", "updates_forwarded"),
+    ("DROPPED", "updates_dropped"),
+)
+
+
+def _table(rows: Sequence[Sequence[str]], right: Iterable[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    align = set(right)
+    return [
+        "  ".join(
+            cell.rjust(widths[i]) if i in align else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def format_status(services: Sequence[ServiceStatus], now_ms: float) -> list[str]:
+    """Human-readable status: a header line per service, then one row per stream."""
+    lines: list[str] = []
+    for service in services:
+        if lines:
+            lines.append("")
+        header = (
+            f"SERVICE {service.service_id}  HOST {service.host_name}"
+            f"  PID {service.process_id}"
+            f"  {service.software_name} {service.software_version}"
+            f"  reported {_age(now_ms, service.timestamp_ms)}"
+        )
+        lines.append(header)
+        if service.status is None:
+            lines.append("  (status JSON unreadable)")
+            continue
+        streams = service.status.get("streams")
+        if not isinstance(streams, list) or not streams:
+            lines.append("  (no streams)")
+            continue
+        rows = [[title for title, _ in _COLUMNS]]
+        for stream in streams:
+            stream = stream if isinstance(stream, dict) else {}
+            row = []
+            for _, key in _COLUMNS:
+                value = stream.get(key)
+                if key == "last_update_ms":
+                    row.append(_age(now_ms, value))
+                else:
+                    row.append("-" if value is None else str(value))
+            rows.append(row)
+        lines += ["  " + line for line in _table(rows, right=(6, 7))]
+    return lines
+
+
+def run_status(args: argparse.Namespace) -> int:
+    conn = connection(args, "status")
+    pattern = args.service_id
+
+    def accept(service_id: str) -> bool:
+        return pattern is None or fnmatch.fnmatchcase(service_id, pattern)
+
+    services = read_status(conn, args.max_age, args.quiet, accept)
+    if not services:
+        where = f" in the last {args.max_age:g} s" if args.max_age else ""
+        which = f" for service id {pattern!r}" if pattern else ""
+        raise Failure(f"no status messages{which} found on {conn.endpoint.uri}{where}")
+    if args.json:
+        print(json.dumps([s.as_json() for s in services], indent=2))
+    else:
+        for line in format_status(services, time.time() * 1000):
+            print(line)
+    return EXIT_OK
