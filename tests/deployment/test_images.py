@@ -9,7 +9,8 @@ for the test, against the suite's broker; configures the example IOC's PVs with
 examples/configure.py as the README tells a user to, over PVA and over CA; and checks that
 the IOC's values arrive decoded on the data topics.  It also runs the forwarder image's
 HEALTHCHECK command against the running forwarder (healthy) and against a port where
-nothing listens (unhealthy).
+nothing listens (unhealthy), and stops both containers with their images' STOPSIGNAL, as
+`docker stop` would: each exits with status 0.
 
 Opt-in locally, because it needs root, `apt-get install buildah debootstrap` and a minute or
 two the first time: `FORWARDER_TEST_IMAGES=1 python -m pytest tests/deployment/test_images.py`.
@@ -145,6 +146,32 @@ class Container:
                 raise AssertionError(f"{self.name}: no {line!r} in {timeout} s:\n{self.log()}")
             time.sleep(0.2)
 
+    def main_pid(self) -> int:
+        """PID of the image's own process: the innermost child of `buildah run`.
+
+        buildah is written in Go, whose threads all fork: a process's children are listed
+        under each of its threads.
+        """
+        assert self.proc is not None
+        pid = self.proc.pid
+        while True:
+            children = [
+                int(child)
+                for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()
+            ]
+            if not children:
+                return pid
+            assert len(children) == 1, f"{pid} has several children: {children}"
+            pid = children[0]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """What `docker stop` does: the image's STOPSIGNAL to its process; the exit code."""
+        assert self.proc is not None
+        sig = signal.Signals[self.config.get("StopSignal") or "SIGTERM"]
+        os.kill(self.main_pid(), sig)
+        return self.proc.wait(timeout)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -277,3 +304,7 @@ def test_images_forward_the_example_iocs_values(
     containers.append(probe)
     assert probe.exec(test[1:], {"FORWARDER_HTTP_PORT": str(http_port)}) == 0, forwarder.log()
     assert probe.exec(test[1:], {"FORWARDER_HTTP_PORT": str(free_port())}) != 0
+
+    # `docker stop`: the image's STOPSIGNAL ends both cleanly (buildah run passes the code on).
+    assert forwarder.stop() == 0, forwarder.log()
+    assert ioc.stop() == 0, ioc.log()
