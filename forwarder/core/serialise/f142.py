@@ -172,10 +172,18 @@ class _F142Templates:
 
 
 _TEMPLATES = _F142Templates()
-_SEVERITY = SEVERITY_TO_F142.get
-_STATUS = STATUS_TO_F142.get
-_INVALID = AlarmSeverity.INVALID
-_UDF = AlarmStatus.UDF
+#: Status text -> the patched alarm word for each EPICS severity 0..3, precomputed so an
+#: update only looks its word up (no int is built per update).
+_ALARM_WORDS: dict[str, tuple[int, int, int, int]] = {
+    status: (
+        alarm_word(0, status),
+        alarm_word(1, status),
+        alarm_word(2, status),
+        alarm_word(3, status),
+    )
+    for status in STATUS_TO_F142
+}
+_UNKNOWN_STATUS_WORDS = tuple(alarm_word(s, "?") for s in range(4))
 
 
 class F142Serialiser(LogDataSerialiser):
@@ -195,5 +203,5 @@ class F142Serialiser(LogDataSerialiser):
         encode = self._by_type.get(type(value))
         if encode is None:
             encode = self._resolve(value)
-        alarm = _SEVERITY(severity, _INVALID) | _STATUS(status, _UDF) << 16
-        return encode(value, timestamp_ns, alarm)
+        words = _ALARM_WORDS.get(status, _UNKNOWN_STATUS_WORDS)
+        return encode(value, timestamp_ns, words[severity] if 0 <= severity <= 3 else words[3])
