@@ -49,7 +49,9 @@ class ForwarderCollector:
         counters: ProcessCounters,
         queue_length: Callable[[], int],
         configured: Callable[[], int],
+        cluster: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
+        self.cluster = cluster
         self.core = core
         self.counters = counters
         self.queue_length = queue_length
@@ -110,6 +112,37 @@ class ForwarderCollector:
         for protocol, hist in list(self.core.latency.items()):
             h.add_metric([protocol.name.lower()], hist.cumulative(), hist.sum_ns / 1e9)
         yield h
+        part = self.cluster() if self.cluster is not None else None
+        if part is not None:
+            yield from _cluster_metrics(part)
+
+
+def _cluster_metrics(part: dict[str, Any]) -> Iterator[Any]:
+    """A cluster member's share (`--group`): shards, rebalances, hand-overs."""
+    g = GaugeMetricFamily("forwarder_group_shards_owned", "Shards this member owns")
+    g.add_metric([], len(part["shards"]))
+    yield g
+    g = GaugeMetricFamily("forwarder_group_shards", "Shards of the cluster")
+    g.add_metric([], part["shard_count"])
+    yield g
+    for name, key, doc in (
+        ("forwarder_group_rebalances", "rebalances", "Changes of this member's shard set"),
+        ("forwarder_group_sessions_lost", "sessions_lost", "Group sessions lost (cut off)"),
+        ("forwarder_group_handovers", "handovers", "Shard hand-overs to this member"),
+        (
+            "forwarder_group_handover_seconds",
+            "handover_seconds_sum",
+            "Assignment to first message of every newly owned stream, summed",
+        ),
+    ):
+        m = CounterMetricFamily(name, doc)
+        m.add_metric([], part[key])
+        yield m
+    g = GaugeMetricFamily(
+        "forwarder_group_last_handover_seconds", "Duration of the last hand-over to this member"
+    )
+    g.add_metric([], part["last_handover_s"] or 0.0)
+    yield g
 
 
 class MetricsServer:

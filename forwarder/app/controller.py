@@ -12,6 +12,7 @@ the adapters' threads through the core into the sink and never touch the control
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from forwarder.app.cluster import ClusterMember
 from forwarder.app.logging_setup import TRACE
 from forwarder.app.ports import (
     Clock,
@@ -89,6 +91,7 @@ class Controller:
         clock: Clock | None = None,
         counters: ProcessCounters | None = None,
         reporter: Reporter | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -126,6 +129,19 @@ class Controller:
         self._started = False
         #: Messages left undelivered at shutdown (None until the flush is done).
         self.undelivered: int | None = None
+        #: This process's part of a cluster (`--group`): only streams of the shards it
+        #: owns run in the core.  None: stand-alone, every stream is owned.
+        self.cluster = cluster
+        #: A config change was applied while another member (or none) wrote storage.
+        self._unstored = False
+        if cluster is not None:
+            cluster.bind(
+                self.core,
+                self.registry.streams,
+                lambda spec: self._start_stream(spec, logging.DEBUG),
+                self.core.remove_stream,
+                self._on_storage_owner,
+            )
 
     # -- monitors -----------------------------------------------------------------------
     def _subscribe(self, protocol: Protocol, name: str, channel: Channel) -> Any:
@@ -186,8 +202,10 @@ class Controller:
         for spec in change.removed:
             self.core.remove_stream(spec)
             log.log(level, "Removed stream %s", spec.describe())
+        cluster = self.cluster
         for spec in change.added + change.updated:
-            self._start_stream(spec, level)
+            if cluster is None or cluster.owns(spec):
+                self._start_stream(spec, level)
         if change:
             self.config_version += 1
             log.info(
@@ -200,6 +218,7 @@ class Controller:
                 len(self.registry),
             )
             if persist:
+                self._unstored = cluster is not None and not cluster.writes_storage
                 self.store_configuration()
             self.publish_status()
         return change
@@ -230,12 +249,21 @@ class Controller:
     def store_configuration(self) -> None:
         if self.storage_writer is None:
             return
+        if self.cluster is not None and not self.cluster.writes_storage:
+            return  # one writer per cluster: the owner of the storage shard
         streams = self.registry.streams()
         if streams:
             payload = encode_config_message(UpdateKind.ADD, streams, "fc00")
         else:
             payload = encode_config_message(UpdateKind.REMOVEALL, [], "fc00")
-        self.storage_writer.write(payload, key=self.settings.service_id.encode())
+        key = self.cluster.membership.group if self.cluster else self.settings.service_id
+        self.storage_writer.write(payload, key=key.encode())
+
+    def _on_storage_owner(self) -> None:
+        """This member just became the storage writer: store what changed while the
+        storage shard was between owners (nobody wrote those changes then)."""
+        if self._unstored:
+            self.store_configuration()
 
     # -- restore ------------------------------------------------------------------------
     def restore_configuration(self) -> None:
@@ -281,9 +309,14 @@ class Controller:
     # -- status -------------------------------------------------------------------------
     def status(self) -> tuple[dict[str, Any], str]:
         """The status document and its JSON text."""
-        return self.status_builder.build(
+        doc, text = self.status_builder.build(
             self.core, self.counters, self.sink.queue_length(), self.config_version
         )
+        if self.cluster is not None:
+            part = self.cluster.status(self.registry.streams, self.config_version)
+            doc["cluster"] = part
+            text = text[:-1] + ',"cluster":' + json.dumps(part, separators=(",", ":")) + "}"
+        return doc, text
 
     def publish_status(self) -> None:
         doc, text = self.status()
@@ -313,6 +346,9 @@ class Controller:
             return
         self._started = True
         self.restore_configuration()
+        if self.cluster is not None:
+            # After the restore: a member takes shards only once it holds the configuration.
+            self.cluster.join()
         self.timers.every(
             self.settings.status_interval_ms * 1_000_000,
             lambda _n: self.publish_status(),
@@ -341,6 +377,8 @@ class Controller:
         self.heartbeat_ns = now = clock.monotonic_ns()
         for raw in self.config_source.poll(self._wait_s(now)):
             self.handle_config_message(raw)
+        if self.cluster is not None:
+            self.cluster.poll()
         now = clock.monotonic_ns()
         self.timers.run_due(now)
         self._run_resends(now)
@@ -361,6 +399,10 @@ class Controller:
         (whichever line is the last one names it) and returned.
         """
         self.core.detach()
+        if self.cluster is not None:
+            # Forwarding has stopped: leave the group now, so that the others take the
+            # shards at once instead of after the session time-out.
+            self.cluster.leave()
         left = self.sink.close(flush_timeout_s)
         self.undelivered = left
         for writer in (self.status_writer, self.storage_writer):

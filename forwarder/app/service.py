@@ -16,6 +16,7 @@ from typing import Any
 from forwarder.adapters.kafka_config import ConfigTopicConsumer, StorageTopicReader, TopicWriter
 from forwarder.adapters.kafka_endpoint import KafkaEndpoint
 from forwarder.adapters.kafka_producer import KafkaSink
+from forwarder.app.cluster import ClusterMember
 from forwarder.app.controller import Controller, ControllerSettings
 from forwarder.app.ports import TimerHook
 from forwarder.app.reporting import LogReporter
@@ -108,9 +109,16 @@ class ForwarderService:
         # Built before the restore: it starts at the process start time anyway, and a
         # missing config topic is created (with one partition) as early as possible.
         config = settings.config_endpoint
+        start_ms = process_start_ms()
+        if settings.group and storage_reader is None:
+            # A member joining a running cluster needs the whole configuration; without a
+            # storage topic only the config topic's history has it: replay all of it.
+            start_ms = 0
+            log.info("group %r without storage: replaying the config topic", settings.group)
         self.config_consumer = ConfigTopicConsumer(
-            config.librdkafka_config(), config.topic or "", start_ms=process_start_ms()
+            config.librdkafka_config(), config.topic or "", start_ms=start_ms
         )
+        self.cluster = self._make_cluster(settings) if settings.group else None
         fake_period_ms = settings.fake_pv_period
         self.controller = Controller(
             controller_settings(settings, version),
@@ -122,9 +130,25 @@ class ForwarderService:
             status_writer=_writer(settings.status_endpoint),
             counters=self.counters,
             reporter=self.reporter,
+            cluster=self.cluster,
         )
         self.metrics_server: Any = None
         self.carbon: Any = None
+
+    @staticmethod
+    def _make_cluster(settings: Settings) -> ClusterMember:
+        """This process as a member of `--group` (joined by the controller after the
+        restore)."""
+        from forwarder.adapters.kafka_group import GroupMembership
+
+        assert settings.group is not None
+        membership = GroupMembership(
+            settings.config_endpoint.librdkafka_config(),
+            settings.group,
+            session_timeout_ms=settings.group_session_timeout_ms,
+            shard_count=settings.group_shards,
+        )
+        return ClusterMember(membership)
 
     def run(self) -> None:
         """Serve until `stop_event` is set."""
@@ -143,6 +167,7 @@ class ForwarderService:
             self.counters,
             self.sink.queue_length,
             lambda: len(controller.registry),
+            cluster=self.cluster.status if self.cluster is not None else None,
         )
 
     def start_carbon_reporter(self, address: str) -> None:

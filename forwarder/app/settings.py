@@ -125,6 +125,16 @@ def non_empty(text: str) -> str:
     return value
 
 
+def group_name(text: str) -> str:
+    """A cluster name; it becomes part of topic and group names (forwarder.NAME.shards)."""
+    value = text.strip()
+    if not value or len(value) > 200 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError(
+            f"{text!r} is not a group name (1-200 characters: letters, digits, '.', '_', '-')"
+        )
+    return value
+
+
 def secret(text: str) -> Secret:
     return Secret(text)
 
@@ -312,6 +322,23 @@ class Settings:
         "messages buffered while Kafka is slow or down",
         int_in(1, _LIBRDKAFKA_MAX_QUEUE),
         default=DEFAULT_PRODUCER_QUEUE_MAX_MESSAGES,
+    )
+    group: str | None = option(
+        "join the forwarder cluster NAME: members share one configuration and split the "
+        "streams over Kafka's consumer-group protocol, with failover",
+        group_name,
+        default=None,
+        metavar="NAME",
+    )
+    group_session_timeout_ms: int = option(
+        "ms without heartbeats after which a cluster member's shards move to the others",
+        int_in(1000, 300_000),
+        default=10_000,
+    )
+    group_shards: int = option(
+        "shards of a new cluster (an existing cluster keeps its coordination topic's count)",
+        int_in(1, 10_000),
+        default=24,
     )
     #: Which environment variables were read under which name (logged at start); not an
     #: option.

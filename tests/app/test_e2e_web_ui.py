@@ -205,9 +205,7 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
     page.page.fill("#filter", f"{P}*")
     page.wait_rows(lambda rows: len(rows) == 5, 5, "the five WEBUI streams")
     page.page.select_option("#state-filter", "PROBLEM")
-    page.wait_rows(
-        lambda rows: [r["Channel"] for r in rows] == [f"{P}MISSING"], 5, "problems only"
-    )
+    page.wait_rows(lambda rows: [r["Channel"] for r in rows] == [f"{P}MISSING"], 5, "problems only")
     page.page.select_option("#state-filter", "")
     page.page.fill("#filter", "")
     page.page.fill("#topic-filter", "webfake")
@@ -229,17 +227,21 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
     assert page.page.get_attribute("th[data-col=channel]", "aria-sort") == "descending"
     page.page.click("th[data-col=protocol] button")
     rows = page.wait_rows(
-        lambda rows: [r["Protocol"] for r in rows] == sorted(r["Protocol"] for r in rows)
-        and page.page.get_attribute("th[data-col=protocol]", "aria-sort") == "ascending",
+        lambda rows: (
+            [r["Protocol"] for r in rows] == sorted(r["Protocol"] for r in rows)
+            and page.page.get_attribute("th[data-col=protocol]", "aria-sort") == "ascending"
+        ),
         5,
         "protocol ascending",
     )
     page.page.click("th[data-col=forwarded] button")
     page.page.click("th[data-col=forwarded] button")  # descending
     page.wait_rows(
-        lambda rows: [int(r["Forwarded"]) for r in rows]
-        == sorted((int(r["Forwarded"]) for r in rows), reverse=True)
-        and page.page.get_attribute("th[data-col=forwarded]", "aria-sort") == "descending",
+        lambda rows: (
+            [int(r["Forwarded"]) for r in rows]
+            == sorted((int(r["Forwarded"]) for r in rows), reverse=True)
+            and page.page.get_attribute("th[data-col=forwarded]", "aria-sort") == "descending"
+        ),
         5,
         "forwarded descending",
     )
@@ -362,8 +364,9 @@ def test_ioc_death_turns_rows_disconnected_and_back(web: Setup, page: Page) -> N
         return [r for r in rows if r["Channel"] in ioc_channels]
 
     page.wait_rows(
-        lambda rows: len(ioc_rows(rows)) == 4
-        and all(r["State"] == "CONNECTED" for r in ioc_rows(rows)),
+        lambda rows: (
+            len(ioc_rows(rows)) == 4 and all(r["State"] == "CONNECTED" for r in ioc_rows(rows))
+        ),
         30,
         "the IOC's streams connected",
     )

