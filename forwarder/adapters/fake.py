@@ -38,7 +38,7 @@ class FakeMonitors:
 
     def __init__(
         self,
-        period_ms: int = 1000,
+        period_ms: int,  # the one default: Settings.fake_pv_period
         scheduler_hook: SchedulerHook | None = None,
         *,
         seed: int | None = None,

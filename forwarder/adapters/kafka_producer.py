@@ -52,7 +52,8 @@ class KafkaSink:
         config: Mapping[str, Any],
         counters: ProcessCounters,
         reporter: Reporter | None = None,
-        queue_max_messages: int = 1_000_000,
+        *,
+        queue_max_messages: int,  # the one default: Settings.producer_queue_max_messages
     ) -> None:
         conf: dict[str, Any] = dict(PRODUCER_DEFAULTS)
         conf["queue.buffering.max.messages"] = queue_max_messages

@@ -63,8 +63,9 @@ class ControllerSettings:
     """The part of the forwarder's settings the controller acts on."""
 
     service_id: str
+    #: No default: the one default is `Settings.status_interval`.
+    status_interval_ms: int
     version: str = "0+unknown"
-    status_interval_ms: int = 4000
     #: Re-send period of periodic streams; None: no re-sends.
     pv_update_period_ms: int | None = None
     use_receive_time: bool = False
