@@ -212,3 +212,20 @@ def test_pv_closed_and_reopened_by_the_server(env: dict[str, str]) -> None:
             assert any(u.value == 2.5 for u in listener.updates), listener.state_list()
         finally:
             monitors.close()
+
+
+def test_nttable_arrives_as_its_columns(env: dict[str, str], monitors: PvaMonitors) -> None:
+    """What the nttable_* serialisers take: a dict of column name -> 1-d array."""
+    table = Record("T:TABLE", "nttable", dtype="LONG")
+    with P4pServer([table], env=env) as srv:
+        listener = subscribe(monitors, "T:TABLE")["T:TABLE"]
+        first = listener.wait_update()
+        assert type(first.value) is dict and sorted(first.value) == ["timestamp", "value"]
+        assert all(len(column) == 0 for column in first.value.values())  # no rows yet
+        stamps = [time.time_ns(), time.time_ns() + 5]
+        srv.put("T:TABLE", {"value": [4, -5], "timestamp": stamps})
+        update = listener.wait_update(lambda u: len(u.value["value"]) == 2)
+        assert update.value["value"].tolist() == [4, -5]
+        assert update.value["value"].dtype == np.int32
+        assert update.value["timestamp"].tolist() == stamps
+        assert update.severity == 0 and update.timestamp_ns > 0
