@@ -113,3 +113,29 @@ def test_unreachable_server_is_counted_not_raised() -> None:
     assert reporter.send_once() is False
     assert reporter.send_once() is False
     assert reporter.failed_batches == 2 and reporter.sent_batches == 0
+
+
+def test_a_server_that_stops_reading_costs_one_timeout_not_a_hang() -> None:
+    """Carbon accepts but never reads: the kernel buffers fill and the send times out; the
+    snapshot is dropped and counted instead of the thread hanging."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    big = [(f"metric_{i:06d}.with.a.long.name", float(i)) for i in range(200_000)]  # ~10 MB
+    reporter = CarbonReporter("127.0.0.1", port, "p", lambda: big, timeout_s=0.5)
+    accepted: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        ok = reporter.send_once()
+        accepted.append(server.accept()[0])  # connected, but nobody reads
+        assert ok is False
+        assert time.monotonic() - started < 5.0
+        assert reporter.failed_batches == 1
+    finally:
+        reporter.close()
+        for s in accepted:
+            s.close()
+        server.close()
