@@ -216,15 +216,11 @@ class StreamTable:
             topic_ok = compile_pattern(query.topic)
             rows = [o for o in rows if topic_ok(o.spec.topic)]
         states: dict[StreamOutput, ConnectionState] | None = None
-        if query.state or query.sort == "state":
+        if query.sort == "state":
             states = self._states()
-        if query.state == "PROBLEM":
-            assert states is not None
-            rows = [o for o in rows if self._problem(o, states) is not None]
-        elif query.state:
-            want = ConnectionState[query.state]
-            assert states is not None
-            rows = [o for o in rows if states.get(o, ConnectionState.UNKNOWN) is want]
+        if query.state:
+            selected = self._in_state(query.state)
+            rows = [o for o in rows if o in selected]
         key = SORT_COLUMNS[query.sort]
         if query.sort == "state":
             assert states is not None
@@ -271,6 +267,31 @@ class StreamTable:
             for out in ch.outputs:
                 states[out] = state
         return states
+
+    def _in_state(self, state: str) -> set[StreamOutput]:
+        """The streams in `state` (or with a problem), without visiting every stream: only
+        the channels in that state, and the dropping streams only when the process drop
+        counters moved (every per-stream drop is also counted there: the core counts
+        its own, the sink counts what it refuses)."""
+        channels = list(self.core.channels.values())
+        selected: set[StreamOutput] = set()
+        if state != "PROBLEM":
+            want = ConnectionState[state]
+            for ch in channels:
+                if ch.connection is want:
+                    selected.update(ch.outputs)
+            return selected
+        for ch in channels:
+            if ch.connection is not ConnectionState.CONNECTED:
+                selected.update(ch.outputs)
+        prev, cur = self._previous, self._current
+        if prev is not None and cur is not None and _dropped_total(prev) != _dropped_total(cur):
+            before = prev.streams
+            for out, (_fwd, dropped) in cur.streams.items():
+                old = before.get(out)
+                if old is not None and dropped > old[1]:
+                    selected.add(out)
+        return selected
 
     def _states_of(self, outs: list[StreamOutput]) -> dict[StreamOutput, ConnectionState]:
         channels = self.core.channels
@@ -377,6 +398,10 @@ class StreamTable:
                 },
                 "rate_interval_s": None if prev is None else round(cur.t - prev.t, 3),
             }
+
+
+def _dropped_total(sample: _Sample) -> int:
+    return sum(n for k, n in sample.process.items() if k.startswith("dropped:"))
 
 
 def _severity_name(severity: int) -> str | None:

@@ -11,6 +11,7 @@ from streaming_data_types.alarm_al00 import Severity as AlarmSeverity
 from streaming_data_types.alarm_al00 import serialise_al00
 from streaming_data_types.epics_connection_ep01 import ConnectionInfo, serialise_ep01
 
+from forwarder.core.counters import Drop, ProcessCounters
 from forwarder.core.events import ConnectionState
 from forwarder.core.forwarding import Channel, ForwardingCore, Subscribers
 from forwarder.core.stream_table import (
@@ -26,13 +27,18 @@ from forwarder.core.timestamps import TimestampPolicy
 
 
 class Sink:
-    """Accepts everything except messages to `refuse_topic` (a full queue, say)."""
+    """Accepts everything except messages to `refuse_topic`, which it counts as dropped
+    (queue full), as the Kafka sink does."""
 
-    def __init__(self, refuse_topic: str = "") -> None:
+    def __init__(self, counters: ProcessCounters, refuse_topic: str = "") -> None:
+        self.counters = counters
         self.refuse_topic = refuse_topic
 
     def send(self, topic: str, key: bytes, payload: bytes, timestamp_ms: int) -> bool:
-        return topic != self.refuse_topic
+        if topic == self.refuse_topic:
+            self.counters.drop(Drop.QUEUE_FULL)
+            return False
+        return True
 
 
 class Clock:
@@ -50,11 +56,13 @@ def make(refuse_topic: str = "") -> tuple[ForwardingCore, dict[str, Channel], St
         channels[name] = channel
         return name
 
+    counters = ProcessCounters()
     core = ForwardingCore(
-        sink=Sink(refuse_topic),
+        sink=Sink(counters, refuse_topic),
         policy=TimestampPolicy(),
         service_id="web",
         subscribers=Subscribers(subscribe, lambda sub: None),
+        counters=counters,
     )
     clock = Clock()
     return core, channels, StreamTable(core, core.counters, clock=clock), clock
