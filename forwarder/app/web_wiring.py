@@ -39,7 +39,9 @@ def make_web_ui(service: ForwarderService) -> WebUi:
         broker_reachable=lambda: service.sink.broker_reachable(timeout_s=2.0),
     )
     return WebUi(
-        StreamTable(controller.core, service.counters),
+        StreamTable(
+            controller.core, service.counters, config_version=lambda: controller.config_version
+        ),
         info,
         admin_token=token,
         publish=publish,

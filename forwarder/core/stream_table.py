@@ -155,14 +155,20 @@ class StreamTable:
         min_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        config_version: Callable[[], object] | None = None,
     ) -> None:
         self.core = core
+        #: Changes whenever streams are added or removed; with it, the filtered and sorted
+        #: order of a view is reused until the configuration or the sample changes.
+        self._config_version = config_version
+        self._orders: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[StreamOutput]]] = {}
         self.counters = counters
         self.min_interval_s = min_interval_s
         self._clock = clock
         self._wall_ns = wall_clock_ns
         self._lock = threading.Lock()
         self._previous: _Sample | None = None
+        self._samples = 0  # how many samples were taken (the order cache's clock)
         self._current: _Sample | None = None
         self._previews: dict[StreamOutput, tuple[bytes, str]] = {}
 
@@ -172,6 +178,7 @@ class StreamTable:
         if self._current is not None and now - self._current.t < self.min_interval_s:
             return
         self._previous = self._current
+        self._samples += 1
         self._current = _Sample(
             now,
             {out: (out.forwarded, out.dropped) for out in outputs},
@@ -204,8 +211,52 @@ class StreamTable:
             return self._streams(query)
 
     def _streams(self, query: StreamQuery) -> dict[str, Any]:
+        version = self._config_version() if self._config_version is not None else None
         outputs = self._outputs()
         self._sample(outputs)
+        rows = self._ordered(query, outputs, version)
+        pages = max(1, -(-len(rows) // query.page_size))
+        start = (query.page - 1) * query.page_size
+        now_ns = self._wall_ns()
+        page = rows[start : start + query.page_size]
+        states = self._states_of(page)
+        return {
+            "total": len(outputs),
+            "matched": len(rows),
+            "page": query.page,
+            "pages": pages,
+            "page_size": query.page_size,
+            "sort": query.sort,
+            "order": "desc" if query.descending else "asc",
+            "rows": [self._row(o, states, now_ns) for o in page],
+        }
+
+    def _ordered(
+        self, query: StreamQuery, outputs: list[StreamOutput], version: object
+    ) -> list[StreamOutput]:
+        """The matching streams in sort order.
+
+        Reused, while neither the configuration nor the counter sample changed (so for at
+        most `min_interval_s`), by every request for the same view: the page polling every
+        second, other pages of it, other browsers.  The rows' values are always read fresh;
+        only the order of live columns (age, counts, state) may be that old.
+        """
+        key = (query.filter, query.topic, query.state, query.sort, query.descending)
+        stamp = (version, self._samples)
+        if version is not None:
+            cached = self._orders.get(key)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        rows = self._filter_and_sort(query, outputs)
+        if version is not None:
+            if len(self._orders) >= 16:
+                self._orders.clear()
+            self._orders[key] = (stamp, rows)
+        return rows
+
+    def _filter_and_sort(
+        self, query: StreamQuery, outputs: list[StreamOutput]
+    ) -> list[StreamOutput]:
         rows = outputs
         # Plain comprehensions over the snapshot: at 100,000 streams every per-row call
         # counts, so nothing is computed for a row that a filter drops or a page skips.
@@ -215,17 +266,13 @@ class StreamTable:
         if query.topic:
             topic_ok = compile_pattern(query.topic)
             rows = [o for o in rows if topic_ok(o.spec.topic)]
-        states: dict[StreamOutput, ConnectionState] | None = None
-        if query.sort == "state":
-            states = self._states()
         if query.state:
             selected = self._in_state(query.state)
             rows = [o for o in rows if o in selected]
         key = SORT_COLUMNS[query.sort]
         if query.sort == "state":
-            assert states is not None
-            st = states
-            key = lambda o: st.get(o, ConnectionState.UNKNOWN).name  # noqa: E731
+            states = self._states()
+            key = lambda o: states.get(o, ConnectionState.UNKNOWN).name  # noqa: E731
         elif query.sort == "rate":
 
             def key(o: StreamOutput) -> float:
@@ -240,24 +287,8 @@ class StreamTable:
                 )
             key = self._preview
         assert key is not None
-        # Stable: ties keep the configuration order (reversed with the order for desc).
-        rows = sorted(rows, key=key, reverse=query.descending)
-        pages = max(1, -(-len(rows) // query.page_size))
-        start = (query.page - 1) * query.page_size
-        now_ns = self._wall_ns()
-        page = rows[start : start + query.page_size]
-        if states is None:
-            states = self._states_of(page)
-        return {
-            "total": len(outputs),
-            "matched": len(rows),
-            "page": query.page,
-            "pages": pages,
-            "page_size": query.page_size,
-            "sort": query.sort,
-            "order": "desc" if query.descending else "asc",
-            "rows": [self._row(o, states, now_ns) for o in page],
-        }
+        # Stable: ties keep the configuration order (in both directions).
+        return sorted(rows, key=key, reverse=query.descending)
 
     def _states(self) -> dict[StreamOutput, ConnectionState]:
         """Connection state of every stream attached to a channel."""

@@ -279,3 +279,24 @@ def test_previews_are_short_and_say_the_length_of_arrays() -> None:
     assert preview_payload(b"\x00\x00\x00\x00zzzz" + bytes(8)) == "zzzz (16 bytes)"
     assert preview_payload(serialise_al00("X", 1, AlarmSeverity.MAJOR, "HIHI")) == "MAJOR HIHI"
     assert preview_payload(serialise_ep01(1, ConnectionInfo.CONNECTED, "X", "s")) == "CONNECTED"
+
+
+def test_order_is_reused_until_the_configuration_or_the_sample_changes() -> None:
+    core, channels, _, clock = make()
+    version = [0]
+    table = StreamTable(core, core.counters, clock=clock, config_version=lambda: version[0])
+    core.add_stream(StreamSpec("B", "f144", "t", Protocol.CA))
+    core.add_stream(StreamSpec("A", "f144", "t", Protocol.CA))
+    assert names(table.streams(query(sort="forwarded", order="desc"))) == ["B", "A"]
+    update(channels["A"], 1.0)
+    # Same sample, same configuration: the order is reused, the values are fresh.
+    result = table.streams(query(sort="forwarded", order="desc"))
+    assert names(result) == ["B", "A"] and result["rows"][1]["forwarded"] == 1
+    clock.t += 1.0  # a new sample: sorted again
+    assert names(table.streams(query(sort="forwarded", order="desc"))) == ["A", "B"]
+    core.add_stream(StreamSpec("C", "f144", "t", Protocol.CA))
+    version[0] += 1  # a configuration change shows at once, whatever the sample
+    assert names(table.streams(query(sort="forwarded", order="desc"))) == ["A", "B", "C"]
+    core.remove_stream(StreamSpec("A", "f144", "t", Protocol.CA))
+    version[0] += 1
+    assert names(table.streams(query(sort="channel"))) == ["B", "C"]

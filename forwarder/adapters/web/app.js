@@ -142,7 +142,7 @@ function renderHeader() {
       else { view.sort = id; view.order = "asc"; }
       view.page = 1;
       renderHeader();
-      refreshSoon(0);
+      refreshSoon(0, false);
     });
     th.appendChild(b);
     return th;
@@ -184,13 +184,16 @@ function renderRows(result) {
   $("next").disabled = result.page >= result.pages;
 }
 
-async function refresh() {
+async function refresh(withSummary) {
   const mine = ++generation;
+  let next = REFRESH_MS;
   try {
-    const [summary, streams] = await Promise.all([getJson("/api/summary"), getJson(streamsUrl())]);
+    // A filter, sort or page change asks for the table only: it answers sooner.
+    const [summary, streams] = await Promise.all([
+      withSummary ? getJson("/api/summary") : Promise.resolve(null), getJson(streamsUrl())]);
     if (mine !== generation) return;
-    renderSummary(summary);
-    if (streams.pages < view.page) { view.page = streams.pages; refreshSoon(0); return; }
+    if (summary !== null) renderSummary(summary);
+    if (streams.pages < view.page) { view.page = streams.pages; next = 0; return; }  // shrank
     renderRows(streams);
     clearError();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
@@ -200,13 +203,13 @@ async function refresh() {
     showError("Cannot refresh: " + err.message + " — showing data as of " +
       ($("updated").textContent.replace("updated ", "") || "never"));
   } finally {
-    if (mine === generation) refreshSoon(REFRESH_MS);
+    if (mine === generation) refreshSoon(next, next !== 0);
   }
 }
 
-function refreshSoon(ms) {
+function refreshSoon(ms, withSummary = true) {
   if (refreshTimer !== null) clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, ms);
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(withSummary); }, ms);
 }
 
 async function postChange(path, body) {
@@ -248,15 +251,15 @@ function setup() {
       view.filter = $("filter").value.trim();
       view.topic = $("topic-filter").value.trim();
       view.page = 1;
-      refreshSoon(0);
+      refreshSoon(0, false);
     }, 150);
   };
   $("filter").addEventListener("input", onFilter);
   $("topic-filter").addEventListener("input", onFilter);
-  $("state-filter").addEventListener("change", () => { view.state = $("state-filter").value; view.page = 1; refreshSoon(0); });
-  $("page-size").addEventListener("change", () => { view.pageSize = Number($("page-size").value); view.page = 1; refreshSoon(0); });
-  $("prev").addEventListener("click", () => { if (view.page > 1) { view.page -= 1; refreshSoon(0); } });
-  $("next").addEventListener("click", () => { view.page += 1; refreshSoon(0); });
+  $("state-filter").addEventListener("change", () => { view.state = $("state-filter").value; view.page = 1; refreshSoon(0, false); });
+  $("page-size").addEventListener("change", () => { view.pageSize = Number($("page-size").value); view.page = 1; refreshSoon(0, false); });
+  $("prev").addEventListener("click", () => { if (view.page > 1) { view.page -= 1; refreshSoon(0, false); } });
+  $("next").addEventListener("click", () => { view.page += 1; refreshSoon(0, false); });
   $("add-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const stream = {
@@ -272,7 +275,7 @@ function setup() {
     if (!window.confirm("Remove every stream matching channel '" + (channel || "*") + "' and topic '" + (topic || "*") + "'?")) return;
     postChange("/api/streams/remove", { filters: [{ channel: channel, topic: topic }] });
   });
-  refresh();
+  refresh(true);
 }
 
 document.addEventListener("DOMContentLoaded", setup);
