@@ -5,7 +5,8 @@ N fake streams (default 100,000, ticking every `--fake-period-ms`, so the forwar
 busy forwarding while the page is used), then measures over real HTTP:
 
 * `/api/summary` and `/api/streams` (first page, filters, sorts, problem rows, a deep
-  page), each `--repeat` times: median and max in ms;
+  page), each `--repeat` times: the first request of each (it filters and sorts all
+  streams), the median of the repeats (a polling page) and the maximum, in ms;
 * with `--browser` (the default when /usr/bin/chromium exists): the page in headless
   chromium, from navigation until the first 100 rows are on screen, and a filter typed
   into the page until the table shows its matches (this includes the page's 150 ms typing
@@ -91,12 +92,15 @@ def measure_api(base: str, repeat: int) -> list[dict[str, Any]]:
             times.append(ms)
             doc = json.loads(body)
             matched = doc.get("matched", doc.get("streams", {}).get("configured"))
+        # The first request of a view filters and sorts everything; the repeats (a page
+        # polling every second) reuse that order until the next counter sample.
         results.append(
             {
                 "request": label,
                 "query": query,
                 "matched": matched,
-                "median_ms": round(statistics.median(times), 1),
+                "first_ms": round(times[0], 1),
+                "repeat_median_ms": round(statistics.median(times[1:] or times), 1),
                 "max_ms": round(max(times), 1),
                 "bytes": len(body),
             }
@@ -181,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                 result["browser"] = measure_browser(base, args.streams, min(5, args.repeat))
     json.dump(result, sys.stdout, indent=2)
     print()
-    print("\n| request | matched | median ms | max ms |\n| --- | ---: | ---: | ---: |")
+    print("\n| request | matched | first ms | repeats, median ms | max ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for row in result["api"]:
-        print(f"| {row['request']} | {row['matched']} | {row['median_ms']} | {row['max_ms']} |")
+        print(
+            f"| {row['request']} | {row['matched']} | {row['first_ms']} "
+            f"| {row['repeat_median_ms']} | {row['max_ms']} |"
+        )
     return 0
 
 
