@@ -58,7 +58,7 @@ class ClusterMember:
         self.membership = membership
         self.ownership = Ownership(membership.shard_count, [])
         self._streams: Callable[[], list[StreamSpec]] = list
-        self._start: Callable[[StreamSpec], None] = lambda _s: None
+        self._start: Callable[[StreamSpec], object] = lambda _s: None
         self._stop: Callable[[StreamSpec], None] = lambda _s: None
         self._on_storage_owner: Callable[[], None] = lambda: None
         self._core: ForwardingCore | None = None
@@ -76,7 +76,7 @@ class ClusterMember:
         self,
         core: ForwardingCore,
         streams: Callable[[], list[StreamSpec]],
-        start: Callable[[StreamSpec], None],
+        start: Callable[[StreamSpec], object],
         stop: Callable[[StreamSpec], None],
         on_storage_owner: Callable[[], None],
     ) -> None:

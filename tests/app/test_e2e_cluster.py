@@ -63,7 +63,9 @@ def _resumed_within(c: Cluster, pvs: list[str], after_s: float, timeout: float) 
     return first - after_s
 
 
-def test_split_join_sigterm_and_sigkill(cluster: Cluster) -> None:
+def test_split_join_sigterm_and_sigkill(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = cluster
     for name in ("m1", "m2", "m3"):
         c.start(name)
@@ -104,6 +106,14 @@ def test_split_join_sigterm_and_sigkill(cluster: Cluster) -> None:
     c.members["m3"].stop(signal.SIGKILL)
     took_kill = _resumed_within(c, dying, killed_at, FAILOVER_LIMIT_S)
     c.wait_settled(c.pvs, members=2, timeout=30)
+    # The operator's view: the two live members, nothing unforwarded.
+    from forwarder.app.config_cli import main as config_cli
+
+    capsys.readouterr()
+    assert config_cli(["status", "--status-topic", f"{c.bootstrap}/{c.status_topic}"]) == 0
+    out = capsys.readouterr().out
+    assert f"CLUSTER {c.group}" in out, out
+    assert "no stream left unforwarded" in out, out
     total, missed, repeated = c.steady_window(c.pvs, 3)
     assert (missed, repeated) == (0, 0)
     print(f"SIGTERM hand-over {took:.1f} s, SIGKILL failover {took_kill:.1f} s")

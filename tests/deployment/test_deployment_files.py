@@ -400,6 +400,9 @@ def test_compose_wires_kafka_ioc_and_forwarder() -> None:
     for option in ("config-topic", "status-topic", "storage-topic", "output-broker"):
         assert env_name(option) in env
     assert int(env[env_name("pv-update-period")]) > 0
+    # Two replicas in one cluster, each with its own service id (the per-container default).
+    assert services["forwarder"]["deploy"]["replicas"] == 2
+    assert env[env_name("group")] and env_name("service-id") not in env
     assert "examples/configure.py" in COMPOSE_FILE.read_text()
 
 
@@ -418,7 +421,7 @@ COMPOSE_BREAKAGES: dict[str, tuple[str, str]] = {
 #: Breakages `docker compose config` itself must catch.
 COMPOSE_CONFIG_BREAKAGES: dict[str, tuple[str, str]] = {
     "misspelt key": ("    image: forwarder\n", "    imag: forwarder\n"),
-    "ports not a list": ('ports:\n      - "8000:8000"', "ports: 8000"),
+    "ports not a list": ('ports:\n      - "8000-8001:8000"', "ports: 8000"),
     "bad condition": ("condition: service_healthy", "condition: when_ready"),
 }
 
@@ -773,6 +776,15 @@ def systemd_problems(path: Path) -> list[str]:
 
 def test_systemd_unit() -> None:
     assert systemd_problems(SYSTEMD_UNIT) == []
+
+
+def test_systemd_cluster_template() -> None:
+    """Several members of one cluster per host: one instance each, unique service ids."""
+    template = CONFIG_DIR / "forwarder-cluster@.service"
+    assert systemd_problems(template) == []
+    assert "--service-id forwarder-%H-%i" in template.read_text()
+    entries, _ = read_conf((CONFIG_DIR / "forwarder-cluster.conf").read_text())
+    assert {key for _, key, _ in entries} >= {"group", "group-session-timeout-ms", "storage-topic"}
 
 
 EXEC = "/opt/forwarder/venv/bin/forwarder-launch"

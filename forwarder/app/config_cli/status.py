@@ -199,6 +199,126 @@ def format_status(services: Sequence[ServiceStatus], now_ms: float) -> list[str]
     return lines
 
 
+@dataclass
+class ClusterView:
+    """One `--group` cluster as its members' newest statuses show it."""
+
+    group: str
+    shard_count: int
+    #: (service id, member id, shards, streams forwarded) of each live member.
+    members: list[tuple[str, str, list[int], int]]
+    #: Members whose newest status is too old: gone (killed, cut off) or stalled.
+    stale: list[str]
+    #: Shards no live member owns, and how many configured streams they hold.
+    unowned_shards: list[int]
+    unforwarded_streams: int
+    #: Names of unforwarded streams, where a stale member's last status still lists them.
+    unforwarded_names: list[str]
+    #: Shards two live members claim (only for the moment of a hand-over).
+    doubly_owned: list[int]
+    streams_configured: int
+
+
+def _is_live(service: ServiceStatus, now_ms: float) -> bool:
+    """Reported within three status intervals (at least 5 s)."""
+    return now_ms - service.timestamp_ms <= max(3 * service.update_interval_ms, 5000)
+
+
+def cluster_views(services: Sequence[ServiceStatus], now_ms: float) -> list[ClusterView]:
+    """Group the statuses of cluster members (those with a `cluster` part) by group."""
+    from forwarder.core.sharding import shard_of
+
+    by_group: dict[str, list[ServiceStatus]] = {}
+    for service in services:
+        part = (service.status or {}).get("cluster")
+        if isinstance(part, dict) and isinstance(part.get("group"), str):
+            by_group.setdefault(part["group"], []).append(service)
+    views = []
+    for group, members in sorted(by_group.items()):
+        live = [m for m in members if _is_live(m, now_ms)]
+        stale = [m for m in members if not _is_live(m, now_ms)]
+        parts = [(m, (m.status or {})["cluster"]) for m in live]
+        shard_count = max(
+            (
+                int(p.get("shard_count") or 0)
+                for _, p in parts + [(m, (m.status or {})["cluster"]) for m in stale]
+            ),
+            default=0,
+        )
+        seen: dict[int, int] = {}
+        rows = []
+        for m, p in parts:
+            shards = [int(x) for x in p.get("shards", [])]
+            for x in shards:
+                seen[x] = seen.get(x, 0) + 1
+            streams = (m.status or {}).get("summary", {}).get("streams", 0)
+            rows.append((m.service_id, str(p.get("member_id", "")), sorted(shards), streams))
+        unowned = [x for x in range(shard_count) if x not in seen]
+        # The newest member's view of the configuration (all members hold the same one).
+        per_shard: dict[str, int] = {}
+        configured = 0
+        if parts:
+            newest = max(parts, key=lambda mp: mp[0].timestamp_ms)[1]
+            per_shard = newest.get("streams_per_shard") or {}
+            configured = int(newest.get("streams_configured") or 0)
+        names = sorted(
+            {
+                str(stream.get("channel_name"))
+                for m in stale
+                for stream in (m.status or {}).get("streams", [])
+                if isinstance(stream, dict)
+                and shard_count
+                and shard_of(str(stream.get("channel_name")), shard_count) in unowned
+            }
+        )
+        views.append(
+            ClusterView(
+                group=group,
+                shard_count=shard_count,
+                members=sorted(rows),
+                stale=sorted(m.service_id for m in stale),
+                unowned_shards=unowned,
+                unforwarded_streams=sum(int(per_shard.get(str(x), 0)) for x in unowned),
+                unforwarded_names=names,
+                doubly_owned=sorted(x for x, n in seen.items() if n > 1),
+                streams_configured=configured,
+            )
+        )
+    return views
+
+
+def format_clusters(views: Sequence[ClusterView]) -> list[str]:
+    """The cluster section of `forwarder-config status`."""
+    lines: list[str] = []
+    for v in views:
+        lines += [
+            "",
+            f"CLUSTER {v.group}  {v.shard_count} shards  {v.streams_configured} streams configured",
+        ]
+        rows = [["MEMBER", "MEMBER ID", "SHARDS", "STREAMS"]]
+        for service_id, member_id, shards, streams in v.members:
+            rows.append(
+                [service_id, member_id or "-", ",".join(map(str, shards)) or "-", str(streams)]
+            )
+        lines += ["  " + line for line in _table(rows, right=(3,))]
+        if v.stale:
+            lines.append(f"  no recent status from: {', '.join(v.stale)}")
+        if v.doubly_owned:
+            lines.append(f"  shards claimed by two members (hand-over): {v.doubly_owned}")
+        if v.unowned_shards:
+            lines.append(
+                f"  NOT FORWARDED: {v.unforwarded_streams} streams in shards "
+                f"{v.unowned_shards} (no live member owns them)"
+            )
+            if v.unforwarded_names:
+                lines.append(
+                    f"    last forwarded by a stale member: {', '.join(v.unforwarded_names)}"
+                )
+        else:
+            lines.append("  every shard has a live member: no stream left unforwarded")
+    return lines
+
+
 def run_status(args: argparse.Namespace) -> int:
     conn = connection(args, "status")
     pattern = args.service_id
@@ -214,6 +334,9 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_json() for s in services], indent=2))
     else:
-        for line in format_status(services, time.time() * 1000):
+        now_ms = time.time() * 1000
+        for line in format_status(services, now_ms) + format_clusters(
+            cluster_views(services, now_ms)
+        ):
             print(line)
     return EXIT_OK
