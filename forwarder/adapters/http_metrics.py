@@ -50,18 +50,27 @@ class ForwarderCollector:
         queue_length: Callable[[], int],
         configured: Callable[[], int],
         cluster: Callable[[], dict[str, Any] | None] | None = None,
+        restore_pending: Callable[[], bool] | None = None,
     ) -> None:
         self.cluster = cluster
         self.core = core
         self.counters = counters
         self.queue_length = queue_length
         self.configured = configured
+        self.restore_pending = restore_pending
 
     def collect(self) -> Iterator[Any]:
         c = self.counters
         g = GaugeMetricFamily("forwarder_streams_configured", "Streams configured")
         g.add_metric([], self.configured())
         yield g
+        if self.restore_pending is not None:
+            g = GaugeMetricFamily(
+                "forwarder_restore_pending",
+                "1 while the configuration could not be restored from the storage topic",
+            )
+            g.add_metric([], 1 if self.restore_pending() else 0)
+            yield g
         channels = list(self.core.channels.values())
         g = GaugeMetricFamily(
             "forwarder_pvs", "PVs monitored, by connection state", labels=["state"]

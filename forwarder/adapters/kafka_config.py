@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -364,18 +364,6 @@ def read_topic(
         consumer.close()
 
 
-def read_topic_to_end(
-    config: Mapping[str, Any], topic: str, timeout_s: float = 10.0, settle_s: float = 1.0
-) -> list[bytes]:
-    """Every message value of `topic`, ordered by broker timestamp (`read_topic`); a
-    missing topic yields an empty list."""
-    try:
-        contents = read_topic(config, topic, timeout_s=timeout_s, settle_s=settle_s)
-    except (ConnectionError, TopicUnreadable) as err:
-        raise ConnectionError(f"cannot read topic {topic!r}: {err}") from err
-    return [r.value for r in contents.records]
-
-
 class DeliveryFailed(Exception):
     """A message was not acknowledged by the broker (the reason is the message)."""
 
@@ -456,17 +444,169 @@ class TopicWriter:
         return int(self._producer.flush(timeout_s))
 
 
-class StorageTopicReader:
-    """Implements `forwarder.app.ports.StorageReader` on the storage topic."""
+@dataclass
+class _Tail:
+    """What has been read of one storage partition: the records of offsets
+    [`start`, end of log) not yet handed out, oldest first."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float = 10.0) -> None:
+    partition: int
+    low: int
+    start: int
+    records: list[tuple[int, int, bytes]] = field(default_factory=list)  # (ts, offset, value)
+    #: Oldest timestamp read so far; everything not yet read is older (None: nothing read).
+    oldest_ts: int | None = None
+    window: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.start <= self.low
+
+
+class StorageTopicReader:
+    """Implements `forwarder.app.ports.StorageReader`: the storage topic from its end back.
+
+    Each partition is read from a little before its high watermark to the end of the log;
+    only when the caller wants older messages (every newer one was unusable) is the
+    window widened backwards, four times as far each time.  A long history of large
+    configurations therefore costs one or two messages, not the whole topic.
+
+    The watermark is only a starting point: some brokers count batches there, not
+    records, so the first window is read up to the real end (partition EOF and a quiet
+    `settle_s`), and a window that turns out empty is widened like any other.  Across
+    partitions, messages come newest timestamp first, and a message is only handed out
+    once no partition can still hold a newer one.  Raises `StorageUnavailable` when the
+    broker cannot be asked or `timeout_s` runs out, and stops early when `cancel` is set.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        timeout_s: float = 20.0,
+        settle_s: float = 1.0,
+        first_window: int = 2,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self._config = dict(config)
         self.topic = topic
         self.timeout_s = timeout_s
+        self.settle_s = settle_s
+        self.first_window = first_window
+        self.cancel = cancel or threading.Event()
+        #: Records fetched by the last `newest_first` (how much history it had to read).
+        self.records_read = 0
 
     def newest_first(self) -> Iterator[bytes]:
+        conf: dict[str, Any] = dict(self._config)
+        conf["enable.partition.eof"] = True
+        consumer = _consumer(conf)
+        self.records_read = 0
+        deadline = time.monotonic() + self.timeout_s
         try:
-            messages = read_topic_to_end(self._config, self.topic, self.timeout_s)
-        except ConnectionError as err:
-            raise StorageUnavailable(str(err)) from err
-        yield from reversed(messages)
+            tails = self._tails(consumer)
+            if tails:
+                self._read(consumer, tails, None, deadline)
+            while True:
+                ready = [t for t in tails if t.records]
+                best = max(ready, key=lambda t: t.records[-1][0]) if ready else None
+                best_ts = best.records[-1][0] if best is not None else None
+                behind = [
+                    t
+                    for t in tails
+                    if not t.exhausted
+                    and (best_ts is None or t.oldest_ts is None or t.oldest_ts > best_ts)
+                ]
+                if behind:
+                    for tail in behind:
+                        self._widen(consumer, tail, deadline)
+                    continue
+                if best is None:
+                    return
+                yield best.records.pop()[2]
+        finally:
+            consumer.close()
+            log.info("storage topic %r: %d messages read", self.topic, self.records_read)
+
+    def _tails(self, consumer: Consumer) -> list[_Tail]:
+        try:
+            md = consumer.list_topics(self.topic, timeout=5.0)
+        except KafkaException as err:
+            raise StorageUnavailable(f"cannot read storage topic {self.topic!r}: {err}") from err
+        topic_md = md.topics.get(self.topic)
+        if topic_md is None or topic_md.error is not None or not topic_md.partitions:
+            return []
+        tails = []
+        for p in sorted(topic_md.partitions):
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=5.0
+                )
+            except KafkaException as err:
+                raise StorageUnavailable(
+                    f"cannot read storage topic {self.topic!r}: {err}"
+                ) from err
+            low = max(0, low)
+            start = max(low, high - self.first_window)
+            tails.append(_Tail(p, low, start, window=self.first_window))
+        return tails
+
+    def _widen(self, consumer: Consumer, tail: _Tail, deadline: float) -> None:
+        tail.window *= 4
+        end = tail.start
+        tail.start = max(tail.low, end - tail.window)
+        self._read(consumer, [tail], end, deadline)
+
+    def _read(
+        self, consumer: Consumer, tails: list[_Tail], end: int | None, deadline: float
+    ) -> None:
+        """Prepend to each tail the records from its `start`: up to offset `end` (one
+        tail), or with `end` None to the end of the log (all tails at once)."""
+        by_partition = {t.partition: t for t in tails}
+        consumer.assign([TopicPartition(self.topic, t.partition, t.start) for t in tails])
+        found: dict[int, list[tuple[int, int, bytes]]] = {t.partition: [] for t in tails}
+        at_eof: set[int] = set()
+        last_activity = time.monotonic()
+        while True:
+            if self.cancel.is_set():
+                raise StorageUnavailable("restore cancelled")
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(
+                    f"storage topic {self.topic!r}: newest configuration not found within "
+                    f"{self.timeout_s:.0f} s ({self.records_read} messages read)"
+                )
+            msg = consumer.poll(0.1)
+            if msg is None:
+                quiet = time.monotonic() - last_activity
+                # The end of the log: EOF on every partition and (the watermark may lag the
+                # log) a quiet spell; a broker that answers a position past the end with
+                # silence instead of EOF ends it too.
+                if (len(at_eof) == len(tails) and quiet >= self.settle_s) or quiet >= 3.0:
+                    break
+                continue
+            partition = msg.partition() or 0
+            problem = msg.error()
+            if problem is not None:
+                if problem.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(partition)
+                    if end is not None:
+                        break
+                else:
+                    log.warning("storage topic %r: %s", self.topic, problem.str())
+                continue
+            tail = by_partition.get(partition)
+            offset = msg.offset() or 0
+            if tail is None or offset < tail.start:
+                continue
+            if end is not None and offset >= end:
+                break  # the rest was read before
+            last_activity = time.monotonic()
+            at_eof.discard(partition)
+            self.records_read += 1
+            found[partition].append((msg.timestamp()[1], offset, bytes(msg.value() or b"")))
+        for partition, records in found.items():
+            if not records:
+                continue
+            tail = by_partition[partition]
+            oldest = min(r[0] for r in records)
+            tail.oldest_ts = oldest if tail.oldest_ts is None else min(tail.oldest_ts, oldest)
+            tail.records[:0] = records

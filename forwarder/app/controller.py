@@ -58,6 +58,23 @@ _MAX_WAIT_S = 0.1
 _MIN_WAIT_S = 0.02
 
 
+#: Seconds between attempts to read the storage topic while it cannot be read.
+_RESTORE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+@dataclass
+class RestoreState:
+    """Where restoring from the storage topic stands (shown in status and metrics)."""
+
+    pending: bool
+    attempts: int = 0
+    error: str = ""
+    next_attempt_ns: int = 0
+
+    def as_status(self) -> dict[str, object]:
+        return {"pending": self.pending, "attempts": self.attempts, "error": self.error}
+
+
 @dataclass(frozen=True)
 class ControllerSettings:
     """The part of the forwarder's settings the controller acts on."""
@@ -128,11 +145,15 @@ class Controller:
         self.pid = os.getpid()
         self._periodic_warned = False
         self._started = False
+        self.restore = RestoreState(pending=storage_reader is not None)
+        #: Set by `run`: waits while a restore is pending end early on a signal.
+        self._stop: threading.Event | None = None
         #: Messages left undelivered at shutdown (None until the flush is done).
         self.undelivered: int | None = None
         #: This process's part of a cluster (`--group`): only streams of the shards it
         #: owns run in the core.  None: stand-alone, every stream is owned.
         self.cluster = cluster
+        self._cluster_joined = False
         #: A config change was applied while another member (or none) wrote storage.
         self._unstored = False
         if cluster is not None:
@@ -267,31 +288,52 @@ class Controller:
             self.store_configuration()
 
     # -- restore ------------------------------------------------------------------------
-    def restore_configuration(self) -> None:
-        """Apply the newest valid configuration in the storage topic, if restoring is on."""
+    def restore_configuration(self) -> bool:
+        """Apply the newest valid configuration in the storage topic, if restoring is on.
+
+        Returns False when the storage topic could not be read: the restore is then
+        pending, config messages are held (they wait in the config topic), and the control
+        loop tries again with back-off.  An older configuration is never applied instead.
+        """
         reader = self.storage_reader
         if reader is None:
-            return
+            return True
+        restore = self.restore
+        restore.attempts += 1
         try:
             command = self._newest_stored(reader)
         except StorageUnavailable as err:
-            log.error("Configuration not restored: %s", err)
-            return
+            delay = _RESTORE_RETRY_S[min(restore.attempts, len(_RESTORE_RETRY_S)) - 1]
+            restore.error = str(err)
+            restore.next_attempt_ns = self.clock.monotonic_ns() + int(delay * 1e9)
+            log.error(
+                "Configuration NOT restored from the storage topic (attempt %d): %s.  "
+                "Nothing is forwarded and config messages wait until it is; "
+                "retrying in %.0f s (--skip-retrieval starts empty instead)",
+                restore.attempts,
+                err,
+                delay,
+            )
+            return False
+        restore.pending = False
+        restore.error = ""
         if command is None:
             log.info("No stored configuration found")
-            return
-        if command.kind == UpdateKind.REMOVEALL:
+        elif command.kind == UpdateKind.REMOVEALL:
             log.info("Stored configuration is empty")
-            return
-        replace = ConfigCommand(
-            kind=UpdateKind.REPLACE,
-            streams=command.streams,
-            filters=[],
-            schema_id=command.schema_id,
-            rejected=command.rejected,
-        )
-        self.apply(replace, persist=False)
-        log.info("Restored %d streams from storage topic", len(self.registry))
+        else:
+            replace = ConfigCommand(
+                kind=UpdateKind.REPLACE,
+                streams=command.streams,
+                filters=[],
+                schema_id=command.schema_id,
+                rejected=command.rejected,
+            )
+            self.apply(replace, persist=False)
+            log.info("Restored %d streams from storage topic", len(self.registry))
+        if restore.attempts > 1:
+            self.publish_status()  # the restore block leaves the status at once
+        return True
 
     def _newest_stored(self, reader: StorageReader) -> ConfigCommand | None:
         """The newest full configuration (ADD, REPLACE or REMOVEALL) in storage; older
@@ -310,8 +352,9 @@ class Controller:
     # -- status -------------------------------------------------------------------------
     def status(self) -> tuple[dict[str, Any], str]:
         """The status document and its JSON text."""
+        extra = {"restore": self.restore.as_status()} if self.restore.pending else None
         doc, text = self.status_builder.build(
-            self.core, self.counters, self.sink.queue_length(), self.config_version
+            self.core, self.counters, self.sink.queue_length(), self.config_version, extra
         )
         if self.cluster is not None:
             part = self.cluster.status(self.registry.streams, self.config_version)
@@ -346,15 +389,19 @@ class Controller:
         if self._started:
             return
         self._started = True
-        self.restore_configuration()
-        if self.cluster is not None:
-            # After the restore: a member takes shards only once it holds the configuration.
-            self.cluster.join()
+        if self.restore_configuration():
+            self._join_cluster()
         self.timers.every(
             self.settings.status_interval_ms * 1_000_000,
             lambda _n: self.publish_status(),
             self.clock.monotonic_ns(),
         )
+
+    def _join_cluster(self) -> None:
+        """After the restore: a member takes shards only once it holds the configuration."""
+        if self.cluster is not None and not self._cluster_joined:
+            self._cluster_joined = True
+            self.cluster.join()
 
     def _wait_s(self, now: int) -> float:
         next_due = self.timers.next_due_ns()
@@ -373,12 +420,21 @@ class Controller:
 
     def step(self) -> None:
         """One pass of the control loop: wait for config (at most until the next timer),
-        apply it, run what is due."""
+        apply it, run what is due.  While a restore is pending, config is left waiting in
+        the config topic and the restore is tried again when due."""
         clock = self.clock
         self.heartbeat_ns = now = clock.monotonic_ns()
-        for raw in self.config_source.poll(self._wait_s(now)):
-            self.handle_config_message(raw)
-        if self.cluster is not None:
+        if self.restore.pending:
+            if now >= self.restore.next_attempt_ns and self.restore_configuration():
+                self._join_cluster()
+            else:
+                wait = min(self._wait_s(now), (self.restore.next_attempt_ns - now) / 1e9)
+                if self._stop is not None:
+                    self._stop.wait(wait)
+        else:
+            for raw in self.config_source.poll(self._wait_s(now)):
+                self.handle_config_message(raw)
+        if self.cluster is not None and self._cluster_joined:
             self.cluster.poll()
         now = clock.monotonic_ns()
         self.timers.run_due(now)
@@ -386,6 +442,7 @@ class Controller:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set."""
+        self._stop = stop
         self.start()
         while not stop.is_set():
             self.step()
@@ -400,7 +457,7 @@ class Controller:
         (whichever line is the last one names it) and returned.
         """
         self.core.detach()
-        if self.cluster is not None:
+        if self.cluster is not None and self._cluster_joined:
             # Forwarding has stopped: leave the group now, so that the others take the
             # shards at once instead of after the session time-out.
             self.cluster.leave()

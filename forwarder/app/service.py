@@ -102,7 +102,7 @@ class ForwarderService:
         )
         storage = settings.storage_endpoint
         storage_reader = (
-            StorageTopicReader(storage.librdkafka_config(), storage.topic)
+            StorageTopicReader(storage.librdkafka_config(), storage.topic, cancel=self.stop_event)
             if storage is not None and storage.topic and not settings.skip_retrieval
             else None
         )
@@ -168,6 +168,7 @@ class ForwarderService:
             self.sink.queue_length,
             lambda: len(controller.registry),
             cluster=self.cluster.status if self.cluster is not None else None,
+            restore_pending=lambda: controller.restore.pending,
         )
 
     def start_carbon_reporter(self, address: str) -> None:
@@ -226,6 +227,9 @@ class ForwarderService:
         consumer = self.config_consumer
         if not consumer.alive:
             return False, "config consumer not running"
+        restore = self.controller.restore
+        if restore.pending and restore.attempts:
+            return False, f"configuration not restored from the storage topic: {restore.error}"
         age = (time.monotonic_ns() - self.controller.heartbeat_ns) / 1e9
         if age > 10.0:
             return False, f"control loop stalled for {age:.0f} s"

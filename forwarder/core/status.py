@@ -101,10 +101,14 @@ class StatusBuilder:
         counters: ProcessCounters,
         producer_queue_length: int,
         config_version: object,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str]:
+        """`extra`: further top-level fields (e.g. a pending restore)."""
         outputs = list(core.all_outputs())
         if len(outputs) <= DETAIL_LIMIT:
             doc = status_document(core, outputs, counters, producer_queue_length)
+            if extra:
+                doc.update(extra)
             return doc, status_json(doc, self.max_bytes)
         if config_version != self._version:
             self._encode_streams(outputs)
@@ -121,6 +125,8 @@ class StatusBuilder:
             "streams_detail_omitted": True,
             "streams_omitted": self._omitted,
         }
+        if extra:
+            rest.update(extra)
         text = '{"streams":' + self._fragment + "," + json.dumps(rest, separators=(",", ":"))[1:]
         doc = dict(rest, streams=self._streams)
         return doc, text

@@ -8,8 +8,20 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from forwarder.adapters.kafka_config import ConfigTopicConsumer, merge_partitions
-from tests.support.kafka import create_topic, unique_topic
+from forwarder.adapters.kafka_config import (
+    ConfigTopicConsumer,
+    StorageTopicReader,
+    TopicWriter,
+    merge_partitions,
+)
+from forwarder.core.config_messages import (
+    UpdateKind,
+    decode_config_message,
+    encode_config_message,
+)
+from forwarder.core.storage import StorageUnavailable
+from forwarder.core.streams import Protocol, StreamSpec
+from tests.support.kafka import create_topic, free_port, produce, unique_topic
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +142,95 @@ def test_live_topic_is_read_without_waiting_for_a_quiet_end(kafka_bootstrap: str
         stop.set()
         thread.join(2.0)
         writer.flush(2.0)
+
+
+# -- storage topic, read from the end -----------------------------------------------------
+def _big_config(generation: int, streams: int = 6000) -> bytes:
+    """A stored configuration of `streams` streams (~1 MB before compression); names
+    differ per generation so each message is a distinct, checkable configuration."""
+    specs = [
+        StreamSpec(f"GEN{generation}:SECTOR{i // 100}:DEVICE{i}:VALUE", "f144", "data", Protocol.CA)
+        for i in range(streams)
+    ]
+    return encode_config_message(UpdateKind.ADD, specs)
+
+
+def _generation_of(raw: bytes) -> int:
+    first = decode_config_message(raw, rf5k_periodic=False).streams[0].channel
+    return int(first.split(":")[0][3:])
+
+
+def _writer_produce(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
+    """As the forwarder stores configurations: its own TopicWriter, one message at a time."""
+    writer = TopicWriter({"bootstrap.servers": bootstrap, "log_level": 0}, topic)
+    for payload in payloads:
+        writer.write(payload, key=b"svc")
+        assert writer.flush(30.0) == 0
+
+
+def test_restore_reads_only_the_newest_of_a_long_history_of_large_configurations(
+    kafka_bootstrap: str,
+) -> None:
+    topic = unique_topic("storage_long")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    generations = 40
+    payload_mb = len(_big_config(0)) / 1e6
+    assert payload_mb > 0.3
+    _writer_produce(kafka_bootstrap, topic, [_big_config(g) for g in range(generations)])
+    reader = StorageTopicReader({"bootstrap.servers": kafka_bootstrap}, topic, timeout_s=20.0)
+    started = time.monotonic()
+    newest = next(iter(reader.newest_first()))
+    elapsed = time.monotonic() - started
+    assert _generation_of(newest) == generations - 1
+    # From the end: a couple of messages, not the ~40 x payload_mb MB of history.
+    assert reader.records_read <= 3, reader.records_read
+    assert elapsed < 5.0, elapsed
+
+
+def test_restore_goes_back_only_as_far_as_the_caller_reads(kafka_bootstrap: str) -> None:
+    topic = unique_topic("storage_back")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    payloads = [encode_config_message(UpdateKind.ADD, [_spec(i)]) for i in range(30)]
+    # Some one at a time, some in one batch (a broker may count batches in its watermark).
+    _writer_produce(kafka_bootstrap, topic, payloads[:10])
+    produce(kafka_bootstrap, topic, payloads[10:25])
+    _writer_produce(kafka_bootstrap, topic, payloads[25:])
+    reader = StorageTopicReader({"bootstrap.servers": kafka_bootstrap}, topic, settle_s=0.3)
+    got = []
+    for raw in reader.newest_first():
+        got.append(raw)
+        if len(got) == 7:
+            break
+    assert got == payloads[::-1][:7]
+    assert reader.records_read < 30
+    # Read to the very beginning when asked to.
+    assert list(reader.newest_first()) == payloads[::-1]
+
+
+def test_restore_orders_partitions_by_time(kafka_bootstrap: str) -> None:
+    topic = unique_topic("storage_parts")
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "log_level": 0})
+    base = int(time.time() * 1000) - 60_000
+    order = [0, 2, 2, 1, 0, 0, 1, 2, 1, 1, 0, 2]  # partition of the i-th message
+    for i, partition in enumerate(order):
+        producer.produce(topic, f"m{i}".encode(), partition=partition, timestamp=base + i * 100)
+    assert producer.flush(10.0) == 0
+    reader = StorageTopicReader({"bootstrap.servers": kafka_bootstrap}, topic, settle_s=0.3)
+    assert list(reader.newest_first()) == [f"m{i}".encode() for i in reversed(range(len(order)))]
+
+
+def test_missing_storage_topic_is_an_empty_history(kafka_bootstrap: str) -> None:
+    reader = StorageTopicReader({"bootstrap.servers": kafka_bootstrap}, unique_topic("none"))
+    assert list(reader.newest_first()) == []
+
+
+def test_unreachable_storage_broker_raises() -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    reader = StorageTopicReader({"bootstrap.servers": closed, "log_level": 0}, "storage")
+    with pytest.raises(StorageUnavailable, match="cannot read storage topic"):
+        list(reader.newest_first())
+
+
+def _spec(i: int) -> StreamSpec:
+    return StreamSpec(f"PV:{i}", "f144", "data", Protocol.CA)

@@ -305,3 +305,37 @@ def test_shutdown_flushes_before_stopping_any_monitor_and_forwards_nothing_meanw
     assert rig.events[0] == "sink.close"
     assert set(rig.events[1:]) == {"unsubscribe PV:A", "unsubscribe PV:C", "close CA", "close PVA"}
     assert rig.sink.sent == []
+
+
+# -- restore that cannot read the storage topic ---------------------------------------------
+def test_unreadable_storage_holds_config_and_retries_with_backoff_until_restored() -> None:
+    storage = FakeStorage([stored("ADD", [B, C]), stored("ADD", [A])], fail="broker down")
+    rig = make_rig(storage=storage)
+    rig.config.push(msg(UpdateKind.ADD, [A2]))  # sent meanwhile: must wait, not apply
+    rig.controller.start()
+    rig.controller.step()
+    assert rig.controller.restore.pending
+    assert configured(rig) == set()
+    assert rig.config.polls == []  # config stays in the config topic
+    status = last_status(rig)
+    assert status["restore"] == {"pending": True, "attempts": 1, "error": "broker down"}
+    assert rig.storage_writer.written == []  # an empty configuration is never stored
+    rig.clock.advance(0.9)
+    rig.controller.step()
+    assert rig.controller.restore.attempts == 1  # first retry after 1 s
+    rig.clock.advance(0.2)
+    rig.controller.step()
+    assert rig.controller.restore.attempts == 2
+    rig.clock.advance(1.5)
+    rig.controller.step()
+    assert rig.controller.restore.attempts == 2  # then after 2 s
+    storage.fail = None
+    rig.clock.advance(0.6)
+    rig.controller.step()
+    assert rig.controller.restore.attempts == 3
+    assert not rig.controller.restore.pending
+    assert configured(rig) == {B, C}  # the newest, never an older one
+    assert "restore" not in last_status(rig)
+    rig.controller.step()
+    assert configured(rig) == {B, C, A2}  # the held config message, applied after
+    assert rig.storage_writer.stored() == [{B, C, A2}]

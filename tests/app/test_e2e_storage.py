@@ -8,6 +8,7 @@ data actually reaching Kafka.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,15 @@ from streaming_data_types.forwarder_config_update_rf5k import serialise_rf5k
 from forwarder.core.config_messages import UpdateKind, encode_config_message
 from forwarder.core.streams import Protocol, StreamSpec
 from tests.support.forwarder_process import ForwarderProcess, send_config
-from tests.support.kafka import Msg, TopicReader, create_topic, decode, produce, unique_topic
+from tests.support.kafka import (
+    Msg,
+    TansuBroker,
+    TopicReader,
+    create_topic,
+    decode,
+    produce,
+    unique_topic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +276,74 @@ def test_empty_or_missing_storage_topic_starts_with_no_streams(
     update = _storage_after(make_reader(kafka_bootstrap, storage), 1)
     assert update.config_change == UpdateType.ADD
     assert [s.channel for s in update.streams] == [spec.channel]
+
+
+def test_unreadable_storage_topic_holds_configuration_until_it_is_restored(
+    kafka_bootstrap: str, private_broker: TansuBroker, forwarders: list[ForwarderProcess]
+) -> None:
+    """The storage topic's broker is down at start: the forwarder says so (error log,
+    status), does not start with an empty configuration that its next change would store
+    over the real one, holds config messages, and restores once the broker is back."""
+    storage_uri = f"{private_broker.bootstrap}/{unique_topic('storage')}"
+    private_broker.stop()
+    started_ms = time.time() * 1000
+    fp = ForwarderProcess(
+        kafka_bootstrap, args=[*FAKE_ARGS, "--storage-topic", storage_uri], verbosity="Info"
+    )
+    forwarders.append(fp)
+    fp.start(wait_ready=True)
+    data = unique_topic("data")
+    spec = StreamSpec("FAKE:HELD:1", "f144", data, Protocol.FAKE)
+    send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, [spec])
+    status = _newest_status(kafka_bootstrap, fp.status_topic, started_ms)
+    assert status["restore"]["pending"] is True, status
+    assert "cannot read storage topic" in status["restore"]["error"]
+    time.sleep(2.0)  # the ADD is there; it must not be applied while the restore is pending
+    held = fp.last_status()
+    assert held["streams"] == [] and held["restore"]["pending"], held
+    assert "Configuration NOT restored from the storage topic" in fp.log()
+
+    private_broker.start()  # empty (memory-only broker): nothing stored
+    since = time.time() * 1000
+    deadline = time.monotonic() + 40
+    while True:
+        status = _newest_status(kafka_bootstrap, fp.status_topic, since)
+        if "restore" not in status and _configured(status) == {_as_status(spec)}:
+            break
+        assert time.monotonic() < deadline, f"{status}\n{fp.log()[-3000:]}"
+        since = time.time() * 1000
+    _wait_for_data(kafka_bootstrap, data, since, {spec.channel})
+
+
+def test_restore_finds_the_newest_configuration_at_the_end_of_a_long_history(
+    kafka_bootstrap: str, forwarders: list[ForwarderProcess]
+) -> None:
+    """Forty stored configurations of 6,000 streams (~0.5 MB each, lz4-compressed as the
+    forwarder writes them), then the newest, small one: the forwarder restores that one
+    and reads a couple of messages, not the history."""
+    from forwarder.adapters.kafka_config import TopicWriter
+
+    storage = unique_topic("storage")
+    create_topic(kafka_bootstrap, storage, partitions=1)
+    writer = TopicWriter({"bootstrap.servers": kafka_bootstrap, "log_level": 0}, storage)
+    for generation in range(40):
+        old = [
+            StreamSpec(f"OLD{generation}:DEV{i}:VALUE", "f144", "old_data", Protocol.CA)
+            for i in range(6000)
+        ]
+        writer.write(encode_config_message(UpdateKind.ADD, old), key=b"storage-test")
+        assert writer.flush(30.0) == 0
+    data = unique_topic("data")
+    newest = [StreamSpec(f"FAKE:LONG:{i}", "f144", data, Protocol.FAKE) for i in range(2)]
+    writer.write(encode_config_message(UpdateKind.ADD, newest), key=b"storage-test")
+    assert writer.flush(30.0) == 0
+
+    started_ms = time.time() * 1000
+    fp = _start(kafka_bootstrap, storage, forwarders)
+    status = _newest_status(kafka_bootstrap, fp.status_topic, started_ms)
+    assert _configured(status) == {_as_status(s) for s in newest}
+    _wait_for_data(kafka_bootstrap, data, started_ms, {s.channel for s in newest})
+    log = fp.log()
+    assert "Restored 2 streams" in log
+    read = re.search(r"storage topic '[^']+': (\d+) messages read", log)
+    assert read is not None and int(read.group(1)) <= 3, log[-3000:]
