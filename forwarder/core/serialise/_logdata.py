@@ -18,9 +18,10 @@ and signedness (float16 is widened to Float losslessly).  A 1-element array stay
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import flatbuffers
 import numpy as np
 from flatbuffers import number_types as nt
 
@@ -52,6 +53,43 @@ _LONG = np.dtype("<i8")
 _ULONG = np.dtype("<u8")
 _DOUBLE = np.dtype("<f8")
 _FLOAT = np.dtype("<f4")
+
+
+#: `finish(builder, name, union member, value table) -> bytes`: a schema's root table.
+Finish = Callable[[flatbuffers.Builder, int, int, int], bytes]
+_join: Callable[[Iterable[Any]], bytes] = b"".join  # takes ndarrays (buffer protocol)
+
+
+def template_buffer(
+    source_name: str, dtype: np.dtype[Any], members: Any, finish: Finish, *, array: bool
+) -> bytes:
+    """One message of `dtype` built by the official builder, for a schema to patch.
+
+    Every field is present (ForceDefaults), so a zero value still has a slot.  For arrays
+    the vector (8 bytes of data: no end padding) is built first so that it lands last in
+    the buffer, and everything before it does not depend on the length.  `members` is the
+    schema's `Value` union enum; `finish` adds its root table.
+    """
+    suffix, _, flags = MEMBERS[dtype]
+    builder = flatbuffers.Builder(128)
+    builder.ForceDefaults(True)
+    vector = builder.CreateNumpyVector(np.zeros(8 // dtype.itemsize, dtype)) if array else 0
+    name = builder.CreateString(source_name)
+    builder.StartObject(1)
+    if array:
+        builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+    else:
+        builder.PrependSlot(flags, 0, 0, 0)
+    value = builder.EndObject()
+    return finish(builder, name, getattr(members, ("Array" if array else "") + suffix), value)
+
+
+def with_array_data(header: bytes, array: np.ndarray) -> bytes:
+    """An array message: the patched template header followed by the array's bytes."""
+    try:
+        return _join((header, array))
+    except TypeError:  # not C-contiguous, so no flat buffer view
+        return _join((header, np.ascontiguousarray(array)))
 
 
 class Templates(Protocol):

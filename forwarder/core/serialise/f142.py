@@ -18,7 +18,6 @@ and an unknown severity is INVALID rather than an error.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import flatbuffers
@@ -29,7 +28,14 @@ from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
 from streaming_data_types.fbschemas.logdata_f142.Value import Value
 
 from ._common import field_position, follow, root_table
-from ._logdata import MEMBERS, Encoder, LogDataSerialiser, ScalarEncoder
+from ._logdata import (
+    MEMBERS,
+    Encoder,
+    LogDataSerialiser,
+    ScalarEncoder,
+    template_buffer,
+    with_array_data,
+)
 
 _FILE_IDENTIFIER = b"f142"
 _VALUE_SLOT = 2
@@ -109,14 +115,8 @@ class _F142Templates:
     @staticmethod
     def scalar(source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder:
         """Build the scalar template for `dtype` and return a function patching it."""
-        suffix, code, flags = MEMBERS[dtype]
-        builder = flatbuffers.Builder(128)
-        builder.ForceDefaults(True)  # zero values must still occupy a slot we can patch
-        name = builder.CreateString(source_name)
-        builder.StartObject(1)
-        builder.PrependSlot(flags, 0, 0, 0)
-        value = builder.EndObject()
-        buf = _finish(builder, name, getattr(Value, suffix), value)
+        code = MEMBERS[dtype][1]
+        buf = template_buffer(source_name, dtype, Value, _finish, array=False)
 
         sev_pos = _alarm_and_timestamp(buf)
         value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
@@ -138,16 +138,7 @@ class _F142Templates:
     @staticmethod
     def array(source_name: str, dtype: np.dtype[Any]) -> Encoder:
         """Build the array template for little-endian `dtype`; the result takes 1-d arrays."""
-        suffix, _, _ = MEMBERS[dtype]
-        builder = flatbuffers.Builder(128)
-        builder.ForceDefaults(True)
-        # Built first, so it lands last in the buffer; 8 bytes of data leave no end padding.
-        vector = builder.CreateNumpyVector(np.zeros(8 // dtype.itemsize, dtype))
-        name = builder.CreateString(source_name)
-        builder.StartObject(1)
-        builder.PrependUOffsetTRelativeSlot(0, vector, 0)
-        value = builder.EndObject()
-        buf = _finish(builder, name, getattr(Value, "Array" + suffix), value)
+        buf = template_buffer(source_name, dtype, Value, _finish, array=True)
 
         sev_pos = _alarm_and_timestamp(buf)
         value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
@@ -156,17 +147,12 @@ class _F142Templates:
             raise RuntimeError("unexpected f142 array template layout")
         pack = struct.Struct(f"<{sev_pos}sIq{length_pos - sev_pos - 12}sI").pack
         head, middle = buf[:sev_pos], buf[sev_pos + 12 : length_pos]
-        join: Callable[[Iterable[Any]], bytes] = b"".join  # takes ndarrays (buffer protocol)
 
         def encode(array: np.ndarray, timestamp_ns: int, alarm: int) -> bytes | None:
             count = array.shape[0]
             if not count:
                 return None
-            header = pack(head, alarm, timestamp_ns, middle, count)
-            try:
-                return join((header, array))
-            except TypeError:  # not C-contiguous, so no flat buffer view
-                return join((header, np.ascontiguousarray(array)))
+            return with_array_data(pack(head, alarm, timestamp_ns, middle, count), array)
 
         return encode
 

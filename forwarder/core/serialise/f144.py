@@ -15,7 +15,6 @@ a PV's length changes.  The type mapping is described in `_logdata`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import flatbuffers
@@ -24,7 +23,14 @@ from streaming_data_types.fbschemas.logdata_f144 import f144_LogData as fb
 from streaming_data_types.fbschemas.logdata_f144.Value import Value
 
 from ._common import field_position, follow, root_table
-from ._logdata import MEMBERS, Encoder, LogDataSerialiser, ScalarEncoder
+from ._logdata import (
+    MEMBERS,
+    Encoder,
+    LogDataSerialiser,
+    ScalarEncoder,
+    template_buffer,
+    with_array_data,
+)
 
 _FILE_IDENTIFIER = b"f144"
 _LOGDATA_TIMESTAMP_SLOT = 1
@@ -47,14 +53,8 @@ class _F144Templates:
     @staticmethod
     def scalar(source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder:
         """Build the scalar template for `dtype` and return a function patching it."""
-        suffix, code, flags = MEMBERS[dtype]
-        builder = flatbuffers.Builder(128)
-        builder.ForceDefaults(True)  # zero values must still occupy a slot we can patch
-        name = builder.CreateString(source_name)
-        builder.StartObject(1)
-        builder.PrependSlot(flags, 0, 0, 0)
-        value = builder.EndObject()
-        buf = _finish(builder, name, getattr(Value, suffix), value)
+        code = MEMBERS[dtype][1]
+        buf = template_buffer(source_name, dtype, Value, _finish, array=False)
 
         root = root_table(buf)
         ts_pos = field_position(buf, root, _LOGDATA_TIMESTAMP_SLOT)
@@ -76,16 +76,7 @@ class _F144Templates:
     @staticmethod
     def array(source_name: str, dtype: np.dtype[Any]) -> Encoder:
         """Build the array template for little-endian `dtype`; the result takes 1-d arrays."""
-        suffix, _, _ = MEMBERS[dtype]
-        builder = flatbuffers.Builder(128)
-        builder.ForceDefaults(True)
-        # Built first, so it lands last in the buffer; 8 bytes of data leave no end padding.
-        vector = builder.CreateNumpyVector(np.zeros(8 // dtype.itemsize, dtype))
-        name = builder.CreateString(source_name)
-        builder.StartObject(1)
-        builder.PrependUOffsetTRelativeSlot(0, vector, 0)
-        value = builder.EndObject()
-        buf = _finish(builder, name, getattr(Value, "Array" + suffix), value)
+        buf = template_buffer(source_name, dtype, Value, _finish, array=True)
 
         root = root_table(buf)
         ts_pos = field_position(buf, root, _LOGDATA_TIMESTAMP_SLOT)
@@ -95,17 +86,12 @@ class _F144Templates:
             raise RuntimeError("unexpected f144 array template layout")
         pack = struct.Struct(f"<{ts_pos}sq{length_pos - ts_pos - 8}sI").pack
         head, middle = buf[:ts_pos], buf[ts_pos + 8 : length_pos]
-        join: Callable[[Iterable[Any]], bytes] = b"".join  # takes ndarrays (buffer protocol)
 
         def encode(array: np.ndarray, timestamp_ns: int, _extra: int) -> bytes | None:
             count = array.shape[0]
             if not count:
                 return None
-            header = pack(head, timestamp_ns, middle, count)
-            try:
-                return join((header, array))
-            except TypeError:  # not C-contiguous, so no flat buffer view
-                return join((header, np.ascontiguousarray(array)))
+            return with_array_data(pack(head, timestamp_ns, middle, count), array)
 
         return encode
 
