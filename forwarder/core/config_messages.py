@@ -127,12 +127,16 @@ def encode_config_message(
     passed reversed: the wire order (and the decoded order) is then the order given here.
     """
     rows = [_wire_fields(s) for s in reversed(streams)]
+    # streaming_data_types ships no type information: the annotations state what it returns.
+    encoded: bytes
     if schema_id == "fc00":
-        return serialise_fc00(kind.value, [Fc00StreamInfo(*row) for row in rows])
+        encoded = serialise_fc00(kind.value, [Fc00StreamInfo(*row) for row in rows])
+        return encoded
     if schema_id == "rf5k":
         if kind is UpdateKind.REPLACE:
             raise ValueError("REPLACE is not supported by rf5k")
-        return serialise_rf5k(kind.value, [Rf5kStreamInfo(*row[:4]) for row in rows])
+        encoded = serialise_rf5k(kind.value, [Rf5kStreamInfo(*row[:4]) for row in rows])
+        return encoded
     raise ValueError(f"unknown schema id {schema_id!r} (expected one of {SCHEMA_IDS})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._common import UnsupportedValue
@@ -40,7 +41,8 @@ class ValueSerialiser(Protocol):
     ) -> bytes | None: ...
 
 
-_SERIALISERS: dict[str, type[ValueSerialiser]] = {
+#: Schema -> constructor taking the source name (a Callable: the Protocol has no __init__).
+_SERIALISERS: dict[str, Callable[[str], ValueSerialiser]] = {
     "f142": F142Serialiser,
     "f144": F144Serialiser,
     "tdct": TdctSerialiser,
@@ -60,4 +62,4 @@ def make_value_serialiser(schema: str, source_name: str) -> ValueSerialiser:
         raise ValueError(
             f"no serialiser for schema {schema!r} (expected one of {', '.join(_SERIALISERS)})"
         ) from None
-    return make(source_name)  # type: ignore[call-arg]
+    return make(source_name)

@@ -15,4 +15,8 @@ def serialise_connection(
     source_name: str, timestamp_ns: int, state: ConnectionState, service_id: str | None
 ) -> bytes:
     """ep01 message; `service_id` None leaves the field out (readers see "")."""
-    return serialise_ep01(timestamp_ns, _INFO[ConnectionState(state)], source_name, service_id)
+    # streaming_data_types ships no type information: the annotation states what it returns.
+    encoded: bytes = serialise_ep01(
+        timestamp_ns, _INFO[ConnectionState(state)], source_name, service_id
+    )
+    return encoded

@@ -72,12 +72,15 @@ def _status_table() -> dict[str, int]:
 
 #: Status text -> f142 AlarmStatus.
 STATUS_TO_F142: dict[str, int] = _status_table()
+#: What an unknown severity or status maps to (typed: the generated enums are untyped).
+_UNKNOWN_SEVERITY: int = AlarmSeverity.INVALID
+_UNKNOWN_STATUS: int = AlarmStatus.UDF
 
 
 def alarm_word(severity: int, status: str) -> int:
     """The 32-bit word the templates patch in: f142 severity (low half), status (high)."""
-    return SEVERITY_TO_F142.get(severity, AlarmSeverity.INVALID) | (
-        STATUS_TO_F142.get(status, AlarmStatus.UDF) << 16
+    return SEVERITY_TO_F142.get(severity, _UNKNOWN_SEVERITY) | (
+        STATUS_TO_F142.get(status, _UNKNOWN_STATUS) << 16
     )
 
 

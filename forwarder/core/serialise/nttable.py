@@ -92,7 +92,8 @@ class Se00Serialiser(_TableSerialiser):
             raise UnsupportedValue(f"se00 cannot carry a 'value' column of type {values.dtype}")
         if values.dtype == np.float16:
             values = values.astype(np.float32)
-        return serialise_se00(
+        # streaming_data_types ships no type information: the annotation states what it returns.
+        encoded: bytes = serialise_se00(
             name=self.source_name,
             channel=0,
             timestamp_unix_ns=int(timestamps[0]),
@@ -101,6 +102,7 @@ class Se00Serialiser(_TableSerialiser):
             values=_native(values),
             value_timestamps=timestamps,
         )
+        return encoded
 
 
 class SenvSerialiser(_TableSerialiser):
@@ -125,7 +127,8 @@ class SenvSerialiser(_TableSerialiser):
         elif values.dtype.kind not in _SENV_VALUE_KINDS:
             raise UnsupportedValue(f"senv cannot carry a 'value' column of type {values.dtype}")
         first = datetime.fromtimestamp(int(timestamps[0]) / 1e9, tz=timezone.utc)
-        return serialise_senv(
+        # streaming_data_types ships no type information: the annotation states what it returns.
+        encoded: bytes = serialise_senv(
             name=self.source_name,
             channel=0,
             timestamp=first,
@@ -134,3 +137,4 @@ class SenvSerialiser(_TableSerialiser):
             values=_native(values),
             value_timestamps=timestamps,
         )
+        return encoded
