@@ -38,9 +38,25 @@ def make_web_ui(service: ForwarderService) -> WebUi:
         queue_length=service.sink.queue_length,
         broker_reachable=lambda: service.sink.broker_reachable(timeout_s=2.0),
     )
+    shard = None
+    cluster = service.cluster
+    if cluster is not None:
+        from forwarder.core.sharding import shard_of
+
+        count = cluster.membership.shard_count
+        info.extras["cluster"] = lambda: cluster.status(
+            controller.registry.streams, controller.config_version
+        )
+
+        def shard(channel: str) -> int:
+            return shard_of(channel, count)
+
     return WebUi(
         StreamTable(
-            controller.core, service.counters, config_version=lambda: controller.config_version
+            controller.core,
+            service.counters,
+            config_version=lambda: controller.config_version,
+            shard_of=shard,
         ),
         info,
         admin_token=token,

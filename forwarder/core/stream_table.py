@@ -119,6 +119,7 @@ SORT_COLUMNS: dict[str, Callable[[StreamOutput], Any] | None] = {
     "dropped": lambda o: o.dropped,
     "severity": lambda o: o.alarm_state[0],
     "preview": None,
+    "shard": None,  # clustered forwarders (`--group`) only
 }
 
 
@@ -156,8 +157,11 @@ class StreamTable:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         config_version: Callable[[], object] | None = None,
+        shard_of: Callable[[str], int] | None = None,
     ) -> None:
         self.core = core
+        #: The cluster shard of a PV name (`--group`); None for a forwarder on its own.
+        self.shard_of = shard_of
         #: Changes whenever streams are added or removed; with it, the filtered and sorted
         #: order of a view is reused until the configuration or the sample changes.
         self._config_version = config_version
@@ -279,6 +283,11 @@ class StreamTable:
                 rate = self._rates(o)[0]
                 return -1.0 if rate is None else rate
 
+        elif query.sort == "shard":
+            shard = self.shard_of
+            if shard is None:
+                raise QueryError("sort by shard needs a clustered forwarder (--group)")
+            key = lambda o: shard(o.spec.channel)  # noqa: E731
         elif query.sort == "preview":
             if len(rows) > MAX_PREVIEW_SORT:
                 raise QueryError(
@@ -370,6 +379,7 @@ class StreamTable:
             "alarm_status": status if severity >= 0 else None,
             "preview": self._preview(out),
             "problem": self._problem(out, states),
+            "shard": None if self.shard_of is None else self.shard_of(spec.channel),
         }
 
     def _preview(self, out: StreamOutput) -> str:

@@ -276,3 +276,16 @@ def test_a_bug_answers_500_json_not_a_traceback() -> None:
     reply = web.handle("GET", "/api/summary", {})
     assert reply.status == 500 and "internal error" in reply_json(reply)["error"]
     assert reply.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+
+
+def test_summary_carries_extra_sections_such_as_the_cluster() -> None:
+    web, _, _ = make()
+    web.info.extras["cluster"] = lambda: {"group": "g1", "shards": [0, 2]}
+
+    def broken() -> Any:
+        raise RuntimeError("membership gone")
+
+    web.info.extras["other"] = broken
+    summary = reply_json(web.handle("GET", "/api/summary", {}))
+    assert summary["cluster"] == {"group": "g1", "shards": [0, 2]}
+    assert summary["other"] == {"error": "membership gone"}

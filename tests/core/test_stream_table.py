@@ -300,3 +300,16 @@ def test_order_is_reused_until_the_configuration_or_the_sample_changes() -> None
     core.remove_stream(StreamSpec("A", "f144", "t", Protocol.CA))
     version[0] += 1
     assert names(table.streams(query(sort="channel"))) == ["B", "C"]
+
+
+def test_shard_column_of_clustered_forwarders() -> None:
+    core, _, plain, clock = make()
+    for name in ("A", "B", "C"):
+        core.add_stream(StreamSpec(name, "f144", "t", Protocol.CA))
+    shards = {"A": 2, "B": 0, "C": 1}
+    table = StreamTable(core, core.counters, clock=clock, shard_of=shards.__getitem__)
+    result = table.streams(query(sort="shard"))
+    assert [(r["channel"], r["shard"]) for r in result["rows"]] == [("B", 0), ("C", 1), ("A", 2)]
+    assert plain.streams(query())["rows"][0]["shard"] is None
+    with pytest.raises(QueryError, match="clustered forwarder"):
+        plain.streams(query(sort="shard"))

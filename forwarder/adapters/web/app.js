@@ -11,6 +11,7 @@ const REFRESH_MS = 1000;
 
 const view = { filter: "", topic: "", state: "", sort: "channel", order: "asc", page: 1, pageSize: 100 };
 let writable = false;
+let clustered = false;  // a member of a --group cluster: its share, and a shard column
 let refreshTimer = null;
 let generation = 0;  // answers to superseded requests are ignored
 
@@ -114,8 +115,20 @@ function renderSummary(s) {
     }
   }
   setList($("sum-drops"), drops.length ? drops : [["", "measuring…"]]);
-  if (s.writable !== writable) {
+  const c = s.cluster || null;
+  $("cluster-card").hidden = c === null;
+  if (c !== null) {
+    setList($("sum-cluster"), [
+      ["Group", c.group], ["This member", s.service_id], ["Member id", c.member_id],
+      ["Shards owned", c.shards.length + " of " + c.shard_count + (c.shards.length ? " (" + c.shards.join(", ") + ")" : "")],
+      ["Streams here", st.configured + " of " + (c.streams_configured === undefined ? "?" : c.streams_configured) + " in the cluster"],
+      ["Rebalances", c.rebalances],
+      ["Last hand-over", c.last_handover_s === null ? "–" : c.last_handover_s.toFixed(2) + " s"],
+    ]);
+  }
+  if (s.writable !== writable || (c !== null) !== clustered) {
     writable = s.writable;
+    clustered = c !== null;
     $("admin").hidden = !writable;
     renderHeader();
   }
@@ -129,8 +142,12 @@ function fillSelect(select, values) {
   select.replaceChildren(...values.map((v) => { const o = el("option", v); o.value = v; return o; }));
 }
 
+function columns() {
+  return clustered ? COLUMNS.concat([["shard", "Shard"]]) : COLUMNS;
+}
+
 function renderHeader() {
-  const cells = COLUMNS.map(([id, label]) => {
+  const cells = columns().map(([id, label]) => {
     const th = el("th");
     th.dataset.col = id;
     if (view.sort === id) th.setAttribute("aria-sort", view.order === "asc" ? "ascending" : "descending");
@@ -166,6 +183,7 @@ function renderRows(result) {
         r.severity ? "sev-" + r.severity : ""),
       el("td", r.preview, "preview"),
     );
+    if (clustered) tr.appendChild(el("td", r.shard, "num"));
     if (writable) {
       const td = el("td");
       const b = el("button", "Remove", "remove");
