@@ -166,7 +166,7 @@ class MetricsServer:
         web: WebUi | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)  # type: ignore[arg-type]
+        self.registry.register(collector)
         self.health = health
         self.web = web
         server = self

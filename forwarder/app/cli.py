@@ -54,7 +54,9 @@ def forwarder_version() -> str:
     return __version__
 
 
-class _Parser(configargparse.ArgumentParser):
+# configargparse ships no type information (no py.typed, no stubs package), so its
+# ArgumentParser is Any to mypy and subclassing it needs this one ignore.
+class _Parser(configargparse.ArgumentParser):  # type: ignore[misc]
     """Errors are one line naming the option (no usage dump, no echoed secrets)."""
 
     def error(self, message: str) -> NoReturn:

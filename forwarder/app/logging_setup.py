@@ -116,6 +116,8 @@ def _file_handler(path: str) -> logging.Handler:
         raise LoggingSetupError(f"cannot write log file {path!r}: {exc.strerror}") from None
 
 
+# graypy ships no type information (no py.typed, no stubs package): its handler is Any to
+# mypy, and subclassing it needs this one ignore.
 class _GelfHandler(graypy.GELFUDPHandler):  # type: ignore[misc]
     """GELF over UDP that complains about send failures once a minute, not per record.
 
