@@ -37,6 +37,19 @@ class _TableSerialiser:
         self.source_name = source_name
         self._counter = -1
 
+    def serialise(
+        self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
+    ) -> bytes | None:
+        """One message for a table update, None for a table without rows (the update's
+        own timestamp and alarm are not used: the table carries its times)."""
+        columns = self._columns(value)
+        if columns is None:
+            return None
+        return self._encode(*columns)
+
+    def _encode(self, values: np.ndarray, timestamps: np.ndarray) -> bytes:
+        raise NotImplementedError
+
     def _columns(self, value: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """(values, timestamps) of a table, None when it has no rows; else raise."""
         if not isinstance(value, dict):
@@ -81,13 +94,7 @@ class Se00Serialiser(_TableSerialiser):
     schema = "nttable_se00"
     __slots__ = ()
 
-    def serialise(
-        self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
-    ) -> bytes | None:
-        columns = self._columns(value)
-        if columns is None:
-            return None
-        values, timestamps = columns
+    def _encode(self, values: np.ndarray, timestamps: np.ndarray) -> bytes:
         if values.dtype.kind not in _SE00_VALUE_KINDS:
             raise UnsupportedValue(f"se00 cannot carry a 'value' column of type {values.dtype}")
         if values.dtype == np.float16:
@@ -111,13 +118,7 @@ class SenvSerialiser(_TableSerialiser):
     schema = "nttable_senv"
     __slots__ = ()
 
-    def serialise(
-        self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
-    ) -> bytes | None:
-        columns = self._columns(value)
-        if columns is None:
-            return None
-        values, timestamps = columns
+    def _encode(self, values: np.ndarray, timestamps: np.ndarray) -> bytes:
         if values.dtype.kind == "f":
             if not np.isfinite(values).all():
                 raise UnsupportedValue("senv cannot carry NaN or infinite values")
