@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from forwarder.core.ratelimit import RepeatLimiter
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CARBON_PORT = 2003
@@ -115,7 +117,7 @@ class CarbonReporter:
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carbon", daemon=True)
-        self._last_warning = -_WARN_EVERY_S
+        self._warnings = RepeatLimiter(_WARN_EVERY_S)
 
     def start(self) -> None:
         self._thread.start()
@@ -180,7 +182,5 @@ class CarbonReporter:
 
     def _failed(self, message: str) -> None:
         self.failed_batches += 1
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_S:
-            self._last_warning = now
+        if self._warnings.admit("failed") is not None:
             log.warning("%s (%d snapshots not sent so far)", message, self.failed_batches)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
+import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
@@ -113,6 +115,20 @@ def test_unreachable_server_is_counted_not_raised() -> None:
     assert reporter.send_once() is False
     assert reporter.send_once() is False
     assert reporter.failed_batches == 2 and reporter.sent_batches == 0
+
+
+def test_failures_are_logged_once_a_minute_with_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listener = CarbonListener().start()
+    port = listener.port
+    listener.stop()
+    reporter = CarbonReporter("127.0.0.1", port, "p", lambda: [("x", 1.0)], timeout_s=0.5)
+    caplog.set_level(logging.WARNING, logger="forwarder.adapters.carbon")
+    for _ in range(5):
+        assert reporter.send_once() is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "(1 snapshots not sent so far)" in warnings[0], warnings
 
 
 def test_a_server_that_stops_reading_costs_one_timeout_not_a_hang() -> None:
