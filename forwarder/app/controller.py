@@ -58,6 +58,9 @@ _MAX_WAIT_S = 0.1
 _MIN_WAIT_S = 0.02
 
 
+#: Seconds between attempts to subscribe a stream whose subscription failed.
+_SUBSCRIBE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
 #: Seconds between attempts to read the storage topic while it cannot be read.
 _RESTORE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
@@ -73,6 +76,16 @@ class RestoreState:
 
     def as_status(self) -> dict[str, object]:
         return {"pending": self.pending, "attempts": self.attempts, "error": self.error}
+
+
+@dataclass
+class FailedStream:
+    """A configured stream whose subscription failed; retried with back-off."""
+
+    spec: StreamSpec
+    attempts: int = 0
+    error: str = ""
+    next_attempt_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,8 @@ class Controller:
         self.pid = os.getpid()
         self._periodic_warned = False
         self._started = False
+        #: Configured streams whose subscription failed, by stream key.
+        self.failed: dict[tuple[str, str, str, Protocol], FailedStream] = {}
         self.restore = RestoreState(pending=storage_reader is not None)
         #: Set by `run`: waits while a restore is pending end early on a signal.
         self._stop: threading.Event | None = None
@@ -161,7 +176,7 @@ class Controller:
                 self.core,
                 self.registry.streams,
                 lambda spec: self._start_stream(spec, logging.DEBUG),
-                self.core.remove_stream,
+                self._stop_stream,
                 self._on_storage_owner,
             )
 
@@ -218,11 +233,17 @@ class Controller:
                 "Ignored stream in %s %s message: %s", command.schema_id, command.kind.name, reason
             )
         change = self.registry.apply(command)
+        if self.failed and command.kind in (UpdateKind.ADD, UpdateKind.REPLACE):
+            # Sending the ADD of a stream that failed to start again retries it at once.
+            for spec in command.streams:
+                failure = self.failed.get(spec.key)
+                if failure is not None:
+                    failure.next_attempt_ns = 0
         # One line per stream for ordinary changes; a change of thousands of streams gets
         # its summary line only (the per-stream lines at debug level).
         level = logging.INFO if len(change.added) + len(change.removed) <= 100 else logging.DEBUG
         for spec in change.removed:
-            self.core.remove_stream(spec)
+            self._stop_stream(spec)
             log.log(level, "Removed stream %s", spec.describe())
         cluster = self.cluster
         for spec in change.added + change.updated:
@@ -249,8 +270,11 @@ class Controller:
         try:
             out = self.core.add_stream(spec)
         except Exception as err:  # noqa: BLE001 - one bad PV must not stop the others
-            log.error("Cannot start stream %s: %s", spec.describe(), err)
+            self._subscription_failed(spec, err)
             return
+        if self.failed.pop(spec.key, None) is not None:
+            log.info("Stream %s subscribed after earlier failures", spec.describe())
+            self.config_version += 1
         if log.isEnabledFor(level):
             log.log(
                 level, "Forwarding %s%s", spec.describe(), " (periodic)" if spec.periodic else ""
@@ -267,6 +291,60 @@ class Controller:
             elif not out.scheduled:
                 out.scheduled = True
                 self.resends.add(out, self.clock.monotonic_ns())
+
+    def _stop_stream(self, spec: StreamSpec) -> None:
+        self.failed.pop(spec.key, None)
+        self.core.remove_stream(spec)
+
+    # -- failed subscriptions -----------------------------------------------------------
+    def _subscription_failed(self, spec: StreamSpec, err: Exception) -> None:
+        """Keep the stream configured, show it in status with its error, and try again
+        after 1, 2, 4 ... up to 60 s."""
+        failure = self.failed.get(spec.key)
+        now = self.clock.monotonic_ns()
+        if failure is None:
+            failure = self.failed[spec.key] = FailedStream(spec)
+            log.error(
+                "Cannot start stream %s: %s (retrying in %.0f s)",
+                spec.describe(),
+                err,
+                _SUBSCRIBE_RETRY_S[0],
+            )
+        else:
+            failure.spec = spec
+            log.warning(
+                "Stream %s still cannot start (attempt %d): %s",
+                spec.describe(),
+                failure.attempts + 1,
+                err,
+            )
+        failure.attempts += 1
+        failure.error = f"{type(err).__name__}: {err}"
+        delay = _SUBSCRIBE_RETRY_S[min(failure.attempts, len(_SUBSCRIBE_RETRY_S)) - 1]
+        failure.next_attempt_ns = now + int(delay * 1e9)
+        self.config_version += 1  # the status lists it differently now
+
+    def _retry_failed(self, now: int) -> None:
+        if not self.failed:
+            return
+        due = [f for f in self.failed.values() if f.next_attempt_ns <= now]
+        for failure in due:
+            self._start_stream(failure.spec, logging.INFO)
+
+    def _failed_status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "channel_name": f.spec.channel,
+                "protocol": f.spec.protocol.name,
+                "output_topic": f.spec.topic,
+                "schema": f.spec.schema,
+                "periodic": f.spec.periodic,
+                "connection": "SUBSCRIBE_FAILED",
+                "error": f.error,
+                "subscribe_attempts": f.attempts,
+            }
+            for f in self.failed.values()
+        ]
 
     def store_configuration(self) -> None:
         if self.storage_writer is None:
@@ -354,7 +432,12 @@ class Controller:
         """The status document and its JSON text."""
         extra = {"restore": self.restore.as_status()} if self.restore.pending else None
         doc, text = self.status_builder.build(
-            self.core, self.counters, self.sink.queue_length(), self.config_version, extra
+            self.core,
+            self.counters,
+            self.sink.queue_length(),
+            self.config_version,
+            extra,
+            self._failed_status() if self.failed else None,
         )
         if self.cluster is not None:
             part = self.cluster.status(self.registry.streams, self.config_version)
@@ -439,6 +522,7 @@ class Controller:
         now = clock.monotonic_ns()
         self.timers.run_due(now)
         self._run_resends(now)
+        self._retry_failed(now)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set."""

@@ -102,11 +102,18 @@ class StatusBuilder:
         producer_queue_length: int,
         config_version: object,
         extra: dict[str, Any] | None = None,
+        failed: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """`extra`: further top-level fields (e.g. a pending restore)."""
+        """`extra`: further top-level fields (e.g. a pending restore); `failed`: entries of
+        configured streams that are not running (their subscription failed), listed and
+        counted with the others."""
         outputs = list(core.all_outputs())
         if len(outputs) <= DETAIL_LIMIT:
             doc = status_document(core, outputs, counters, producer_queue_length)
+            if failed:
+                doc["streams"].extend(failed)
+                doc["summary"]["streams"] += len(failed)
+                doc["summary"]["failed"] = len(failed)
             if extra:
                 doc.update(extra)
             return doc, status_json(doc, self.max_bytes)
@@ -118,8 +125,12 @@ class StatusBuilder:
             for ch in list(core.channels.values())
             if ch.connection == ConnectionState.CONNECTED
         )
+        summary: dict[str, int] = {"streams": len(outputs), "connected": connected}
+        if failed:
+            summary["streams"] += len(failed)
+            summary["failed"] = len(failed)
         rest = {
-            "summary": {"streams": len(outputs), "connected": connected},
+            "summary": summary,
             "counters": counters.as_dict(),
             "producer_queue_length": producer_queue_length,
             "streams_detail_omitted": True,

@@ -15,7 +15,13 @@ from streaming_data_types.status_x5f2 import deserialise_x5f2
 from forwarder.core.config_messages import UpdateKind, encode_config_message
 from forwarder.core.counters import Drop
 from forwarder.core.streams import Protocol, StreamFilter, StreamSpec
-from tests.support.fake_ports import SERVICE_ID, FakeStorage, Rig, make_rig, stored
+from tests.support.fake_ports import (
+    SERVICE_ID,
+    FakeStorage,
+    Rig,
+    make_rig,
+    stored,
+)
 
 A = StreamSpec("PV:A", "f144", "data", Protocol.CA)
 B = StreamSpec("PV:B", "f144", "data", Protocol.CA)
@@ -339,3 +345,78 @@ def test_unreadable_storage_holds_config_and_retries_with_backoff_until_restored
     rig.controller.step()
     assert configured(rig) == {B, C, A2}  # the held config message, applied after
     assert rig.storage_writer.stored() == [{B, C, A2}]
+
+
+# -- failed subscriptions -------------------------------------------------------------------
+def test_failed_subscription_stays_in_status_with_its_error_and_is_retried_with_backoff() -> None:
+    rig = started()
+    rig.factory.failing["PV:B"] = OSError("no route to IOC")
+    rig.send(msg(UpdateKind.ADD, [A, B]))
+    assert configured(rig) == {A, B}
+    assert rig.storage_writer.stored() == [{A, B}]  # configured, so stored
+    entries = {s["channel_name"]: s for s in last_status(rig)["streams"]}
+    assert entries["PV:B"]["connection"] == "SUBSCRIBE_FAILED"
+    assert entries["PV:B"]["error"] == "OSError: no route to IOC"
+    assert last_status(rig)["summary"]["streams"] == 2
+    assert last_status(rig)["summary"]["failed"] == 1
+    tries = lambda: rig.events.count("subscribe PV:B")  # noqa: E731
+    assert tries() == 1
+    rig.clock.advance(0.9)
+    rig.controller.step()
+    assert tries() == 1
+    rig.clock.advance(0.2)
+    rig.controller.step()
+    assert tries() == 2  # after 1 s
+    rig.clock.advance(1.5)
+    rig.controller.step()
+    assert tries() == 2
+    rig.clock.advance(0.6)
+    rig.controller.step()
+    assert tries() == 3  # then after 2 s
+    del rig.factory.failing["PV:B"]
+    rig.clock.advance(4.1)
+    rig.controller.step()
+    assert tries() == 4
+    assert rig.controller.failed == {}
+    rig.clock.advance(4.0)  # the status timer
+    rig.controller.step()
+    entries = {s["channel_name"]: s for s in last_status(rig)["streams"]}
+    assert entries["PV:B"]["connection"] == "NEVER_CONNECTED"
+    assert "failed" not in last_status(rig)["summary"]
+
+
+def test_sending_the_same_add_again_retries_a_failed_stream_at_once() -> None:
+    rig = started()
+    rig.factory.failing["PV:B"] = OSError("down")
+    rig.send(msg(UpdateKind.ADD, [B]))
+    del rig.factory.failing["PV:B"]
+    rig.send(msg(UpdateKind.ADD, [B]))
+    assert rig.events.count("subscribe PV:B") == 2
+    assert rig.controller.failed == {}
+
+
+def test_removing_a_failed_stream_stops_its_retries() -> None:
+    rig = started()
+    rig.factory.failing["PV:B"] = OSError("down")
+    rig.send(msg(UpdateKind.ADD, [A, B]))
+    rig.send(remove(StreamFilter(channel="PV:B")))
+    assert rig.controller.failed == {}
+    rig.clock.advance(100)
+    rig.controller.step()
+    assert rig.events.count("subscribe PV:B") == 1
+    assert [s["channel_name"] for s in last_status(rig)["streams"]] == ["PV:A"]
+
+
+def test_failing_monitor_factory_is_retried_like_a_failed_subscription() -> None:
+    rig = started()
+    rig.factory.creation_errors.append(RuntimeError("no network yet"))
+    rig.send(msg(UpdateKind.ADD, [C]))
+    [entry] = last_status(rig)["streams"]
+    assert (entry["connection"], entry["error"]) == (
+        "SUBSCRIBE_FAILED",
+        "RuntimeError: no network yet",
+    )
+    rig.clock.advance(1.1)
+    rig.controller.step()
+    assert rig.controller.failed == {}
+    assert rig.events == ["subscribe PV:C"]

@@ -702,3 +702,30 @@ def test_restart_does_not_replay_old_config_messages(
         assert h.latest_status()["streams"] == []
         h.send(rf5k(Rf5kUpdateType.ADD, fake_rf5k("FAKE:NEW", t1)))
         h.wait_configured([("FAKE:NEW", t1, "f144")])
+
+
+def test_stream_that_cannot_subscribe_is_shown_with_its_error_and_retried(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """caproto cannot create its context (a misconfigured EPICS environment): the CA stream
+    stays configured, is listed in status with the error, is retried with back-off, and
+    the other streams forward as usual."""
+    h = harness_factory(epics={"EPICS_CA_SERVER_PORT": "not-a-port"})
+    t = topics(1, "failsub")[0]
+    h.send(
+        fc00(
+            Fc00UpdateType.ADD,
+            Fc00Stream("CA:FAILS", "f144", t, Fc00Protocol.CA, 0),
+            fake_fc00("FAKE:WORKS", t),
+        )
+    )
+    streams = h.wait_configured([("CA:FAILS", t, "f144"), ("FAKE:WORKS", t, "f144")])
+    failed = next(s for s in streams if s["channel_name"] == "CA:FAILS")
+    assert failed["connection"] == "SUBSCRIBE_FAILED", failed
+    assert "EPICS_CA_SERVER_PORT" in failed["error"], failed
+    h.forwarding({t: ["FAKE:WORKS"]}, h.sent_ms)
+    deadline = time.monotonic() + WAIT
+    while "still cannot start (attempt 2)" not in h.fw.log():
+        assert time.monotonic() < deadline, h.fw.log()[-3000:]
+        time.sleep(0.2)
+    h.assert_running()

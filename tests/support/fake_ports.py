@@ -177,8 +177,12 @@ class FakeMonitorFactory:
         self.timer_hooks: dict[Protocol, TimerHook] = {}
         self.failing: dict[str, Exception] = {}
         self.created: list[Protocol] = []
+        #: Errors the next calls raise (a library context that cannot be created).
+        self.creation_errors: list[Exception] = []
 
     def __call__(self, protocol: Protocol, timer_hook: TimerHook) -> Monitors:
+        if self.creation_errors:
+            raise self.creation_errors.pop(0)
         self.created.append(protocol)
         self.timer_hooks[protocol] = timer_hook
         monitors = FakeMonitors(protocol, self.events, self.failing)
