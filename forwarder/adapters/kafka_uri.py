@@ -263,11 +263,3 @@ def parse_kafka_setting(text: str) -> tuple[str, str]:
     if not _KAFKA_KEY_RE.match(key):
         raise ValueError(f"{key!r} is not a librdkafka setting name")
     return key, value.strip()
-
-
-def parse_security_protocol(text: str) -> str:
-    """A librdkafka `security.protocol` name, case-insensitive."""
-    value = text.strip().upper()
-    if value not in SECURITY_PROTOCOLS:
-        raise ValueError(f"{text!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
-    return value

@@ -60,8 +60,6 @@ _STATIC = {
 MAX_BODY_BYTES = 1 << 20
 MAX_STREAMS_PER_REQUEST = 10_000
 _FIELD_CHARS = 1000
-#: How long a change may wait for the config topic's broker to acknowledge it.
-PUBLISH_TIMEOUT_S = 5.0
 #: The broker check behind the summary's `broker_reachable` runs at most this often,
 #: in the background, so a page poll never waits for an unreachable broker.
 BROKER_CHECK_INTERVAL_S = 5.0

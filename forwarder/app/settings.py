@@ -28,6 +28,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from forwarder.adapters.carbon import DEFAULT_CARBON_PORT
 from forwarder.adapters.kafka_endpoint import KafkaEndpoint, Secret, is_secret_key
 from forwarder.adapters.kafka_uri import (
     SECURITY_PROTOCOLS,
@@ -278,8 +279,8 @@ class Settings:
     status_interval: int = option("ms between status messages", int_in(1, _MAX_MS), default=4000)
     grafana_carbon_address: str | None = option(
         "push the /metrics counters to this Carbon (Graphite) server, HOST[:PORT] "
-        "(port 2003 if omitted)",
-        host_port(2003),
+        f"(port {DEFAULT_CARBON_PORT} if omitted)",
+        host_port(DEFAULT_CARBON_PORT),
         default=None,
     )
     statistics_update_interval: int = option(
@@ -419,14 +420,6 @@ ENDPOINTS = (
 def option_fields() -> tuple[Any, ...]:
     """The dataclass fields of `Settings` that are options, in definition order."""
     return tuple(f for f in fields(Settings) if "option" in f.metadata)
-
-
-def spec_of(name: str) -> OptionSpec:
-    for f in fields(Settings):
-        if f.name == name:
-            spec: OptionSpec = f.metadata["option"]
-            return spec
-    raise KeyError(name)
 
 
 def long_option(name: str) -> str:
