@@ -242,7 +242,8 @@ class WebUi:
         assert self._token is not None
         sent = _header(headers, "Authorization")
         scheme, _, token = sent.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # http.server decodes header bytes as latin-1: encoding back gives the bytes sent.
+        given = token.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else b""
         if not hmac.compare_digest(given, self._token):
             raise _HttpError(403, "missing or wrong admin token")
 

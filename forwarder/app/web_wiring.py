@@ -5,9 +5,10 @@ Kept apart from `service.py` so the service only needs one call to get its page.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from forwarder.adapters.web_ui import ServiceInfo, WebUi
+from forwarder.adapters.web_ui import PublishError, ServiceInfo, WebUi
 from forwarder.core.stream_table import StreamTable
 
 if TYPE_CHECKING:
@@ -22,10 +23,7 @@ def make_web_ui(service: ForwarderService) -> WebUi:
     publish = None
     on_close = None
     if token:
-        from forwarder.adapters.config_publisher import ConfigPublisher
-
-        publisher = ConfigPublisher(config.librdkafka_config(), config.topic or "")
-        publish, on_close = publisher.publish, publisher.close
+        publish, on_close = _config_publisher(config.librdkafka_config(), config.topic or "")
     from forwarder.app.service import process_start_ms
 
     controller = service.controller
@@ -63,3 +61,32 @@ def make_web_ui(service: ForwarderService) -> WebUi:
         publish=publish,
         on_close=on_close,
     )
+
+
+#: How long the broker has to take a change made on the page (librdkafka gives up on the
+#: message a little earlier, so a change reported as failed is not delivered later).
+PUBLISH_TIMEOUT_S = 6.0
+#: One key for every config message, so on a topic of several partitions they keep order.
+CONFIG_KEY = b"config"
+
+
+def _config_publisher(
+    config: Mapping[str, Any], topic: str
+) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    """`publish(payload)`, which returns once the config topic's broker acknowledged the
+    message (PublishError otherwise), and `close()`."""
+    from forwarder.adapters.kafka_config import DeliveryFailed, TopicWriter
+
+    message_timeout_ms = int((PUBLISH_TIMEOUT_S - 1.0) * 1000)
+    writer = TopicWriter({**config, "message.timeout.ms": message_timeout_ms}, topic)
+
+    def publish(payload: bytes) -> None:
+        try:
+            writer.write_and_wait(payload, CONFIG_KEY, PUBLISH_TIMEOUT_S)
+        except DeliveryFailed as err:
+            raise PublishError(str(err)) from None
+
+    def close() -> None:
+        writer.flush(0.5)
+
+    return publish, close

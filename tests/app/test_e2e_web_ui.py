@@ -384,3 +384,37 @@ def test_ioc_death_turns_rows_disconnected_and_back(web: Setup, page: Page) -> N
         30,
         "CONNECTED after the IOC came back",
     )
+
+
+def test_a_change_the_broker_does_not_take_is_503(private_broker: Any) -> None:
+    """Nothing is reported as sent that the config topic did not acknowledge."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    fp = ForwarderProcess(
+        private_broker.bootstrap,
+        epics={"FORWARDER_HTTP_ADMIN_TOKEN": TOKEN},
+        args=["--http-port", str(port)],
+        verbosity="Info",
+    )
+    try:
+        fp.start()
+        private_broker.stop()
+        body = json.dumps(
+            {"streams": [{"channel": "X:Y", "protocol": "fake", "schema": "f144", "topic": "t"}]}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/streams",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 503
+        assert "config topic did not take the change" in json.loads(err.value.read())["error"]
+        assert time.monotonic() - started < 15
+    finally:
+        fp.close()
