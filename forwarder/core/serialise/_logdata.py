@@ -110,10 +110,12 @@ class LogDataSerialiser:
     """
 
     __slots__ = ("source_name", "_templates", "_schema", "_by_type", "_arrays", "_scalars")
+    #: The schema's template builder (set by each subclass).
+    templates: Templates
 
-    def __init__(self, source_name: str, templates: Templates) -> None:
+    def __init__(self, source_name: str) -> None:
         self.source_name = source_name
-        self._templates = templates
+        self._templates = templates = type(self).templates
         self._schema = templates.schema
         self._scalars: dict[np.dtype[Any], ScalarEncoder] = {}
         self._arrays: dict[np.dtype[Any], Encoder] = {}

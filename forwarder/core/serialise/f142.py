@@ -179,9 +179,7 @@ class F142Serialiser(LogDataSerialiser):
     """Turns one PV's updates into f142 messages, alarm included, for `source_name`."""
 
     __slots__ = ()
-
-    def __init__(self, source_name: str) -> None:
-        super().__init__(source_name, _TEMPLATES)
+    templates = _TEMPLATES
 
     def serialise(
         self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""

@@ -103,9 +103,7 @@ class F144Serialiser(LogDataSerialiser):
     """Turns one PV's updates into f144 messages for `source_name` (alarms go to al00)."""
 
     __slots__ = ()
-
-    def __init__(self, source_name: str) -> None:
-        super().__init__(source_name, _TEMPLATES)
+    templates = _TEMPLATES
 
     def serialise(
         self, value: Any, timestamp_ns: int, severity: int = 0, status: str = ""
