@@ -313,6 +313,22 @@ def test_add_and_remove_with_the_token(web: Setup, page: Page) -> None:
         page.wait_rows(lambda rows: rows == [], 15, "the stream gone")
         assert page.page.locator("#empty").is_visible()
 
+        # "Remove all matching the filter" sends the filter itself, wildcards and all.
+        for i in (1, 2):
+            page.page.fill("#add-channel", f"FAKE:WEB:BULK:{i}")
+            page.page.click("#add-button")
+            message.filter(has_text="Sent ADD").wait_for(timeout=10_000)
+        page.page.fill("#filter", "FAKE:WEB:BULK:*")
+        page.wait_rows(lambda rows: len(rows) == 2, 15, "the two bulk streams")
+        sent = len(reader.messages)
+        page.page.click("#remove-matching")
+        message.filter(has_text="Sent REMOVE").wait_for(timeout=10_000)
+        reader.wait_for(lambda ms: len(ms) > sent, 10)
+        command = config_commands(reader)[-1]
+        assert command.kind is UpdateKind.REMOVE
+        assert command.filters == [StreamFilter("FAKE:WEB:BULK:*", "", "")]
+        page.wait_rows(lambda rows: rows == [], 15, "the bulk streams gone")
+
 
 def test_read_only_without_token_and_errors_keep_the_data(web: Setup) -> None:
     port = free_port()
