@@ -125,7 +125,7 @@ def generator(setup: Setup, counters: Counters) -> Iterator[_ServerProcess]:
 
 
 def server_pid(server: _ServerProcess) -> int:
-    proc = server._proc
+    proc = server._proc  # noqa: SLF001 - test support, no public pid
     assert proc is not None
     return proc.pid
 

@@ -7,7 +7,7 @@ timestamp; enums arrive as their index (DBR_TIME_ENUM).
 Updates of a PV with one consumer skip caproto's per-update machinery: after the first
 update has come through caproto (and picked how values are converted), the channel
 registers a decoder for its subscription id with the receive path
-(`_caproto_receive.set_fast_handler`), which then hands it the raw DBR_TIME_* payload.
+(`_caproto_compat.set_fast_handler`), which then hands it the raw DBR_TIME_* payload.
 The decoder yields exactly what the caproto path yields (same types and values; tested).
 
 Callbacks run inline on caproto's socket thread.  Stock caproto hands every update to a
@@ -17,6 +17,11 @@ slow consumer stops reading the socket, TCP pushes back and the server coalesces
 per subscription (the EPICS flow-control design), so client memory stays bounded.
 Listeners must therefore be quick and must not block (see `forwarder.core.events`).
 
+The fast path, the inline callbacks, the bounded receive path and the hardened search loop
+rely on caproto's private parts, all in `_caproto_compat`; when the installed caproto is not
+a release they were tested with (or `FORWARDER_STOCK_EPICS_CLIENTS=1`), this adapter runs
+stock caproto instead: same values, types and states, more CPU per update.
+
 caproto reads its configuration (EPICS_CA_ADDR_LIST, EPICS_CA_SERVER_PORT, ...) from
 `os.environ` only, when the context is created and at every search; there is no way to
 pass it explicitly, so set the environment before creating `CaMonitors`.
@@ -24,7 +29,6 @@ pass it explicitly, so set the environment before creating `CaMonitors`.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import struct
 import threading
@@ -32,14 +36,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import caproto as ca
 import numpy as np
 from caproto import CLIENT, CLOSED, AlarmStatus, ChannelType, LocalProtocolError, SubscriptionType
-from caproto._dbr import DBR_TYPES
-from caproto.threading.client import PV, SEARCH_MAX_DATAGRAM_BYTES, Context, SharedBroadcaster
+from caproto.threading.client import PV, Context, SharedBroadcaster
 from caproto.threading.client import Subscription as CaprotoSubscription
 
-from forwarder.adapters import _caproto_receive
+from forwarder.adapters import _caproto_compat
 from forwarder.core.events import ChannelListener, ConnectionState
 
 _log = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ def make_fast_decoder(data_type: int, scalar: bool) -> FastDecoder | None:
     if spec is None:
         return None
     code, big_endian, construct = spec
-    meta_size = ctypes.sizeof(DBR_TYPES[data_type])  # includes the type's padding
+    meta_size = _caproto_compat.time_meta_size(data_type)  # includes the type's padding
     if scalar:
         unpack = struct.Struct(f">hhII{meta_size - _TIME_META.size}x{code}").unpack_from
 
@@ -151,29 +153,6 @@ def make_fast_decoder(data_type: int, scalar: bool) -> FastDecoder | None:
     return decode_array
 
 
-#: Room for one search request in a datagram (caproto batches searches into datagrams of
-#: at most this many bytes, after a version request).
-_MAX_SEARCH_BYTES = SEARCH_MAX_DATAGRAM_BYTES - len(
-    ca.VersionRequest(0, ca.DEFAULT_PROTOCOL_VERSION)
-)
-
-
-def unsearchable_reason(name: str) -> str | None:
-    """Why `name` cannot be searched for over CA (None if it can).
-
-    caproto builds search requests on its search-retry thread; a name it refuses there
-    (a record part over 59 characters) raises on that thread and ends it, and with it
-    every later search of the process.  So names are checked here, the same way, first.
-    """
-    try:
-        request = ca.SearchRequest(name, 0, ca.DEFAULT_PROTOCOL_VERSION)
-    except Exception as err:  # noqa: BLE001 - whatever caproto refuses, we refuse
-        return str(err)
-    if len(request) > _MAX_SEARCH_BYTES:
-        return f"a search request for it would not fit a datagram ({len(request)} bytes)"
-    return None
-
-
 class _LateResponseFilter(logging.Filter):
     """Drops caproto's warning, with a traceback, about a response that arrives for a
     channel already closed on our side.
@@ -195,159 +174,13 @@ class _LateResponseFilter(logging.Filter):
 _LATE_RESPONSES = _LateResponseFilter()
 
 
-class _InlineExecutor:
-    """Stands in for caproto's per-circuit ThreadPoolExecutor: runs the callback at once."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:
-            # An exception escaping here would make caproto drop the whole circuit.
-            _log.exception("CA callback %r failed", fn)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        pass
-
-
-_INLINE = _InlineExecutor()
-
-
-class _Broadcaster(SharedBroadcaster):  # type: ignore[misc]
-    """Re-sends unanswered searches soon after a new or restarted server is seen.
-
-    caproto's own retry loop only sends a search again after ~8 s and then every 5-10 s
-    (its wait and its resend threshold double together), and on a server beacon it merely
-    notes the server.  libca re-searches on such beacon anomalies; we do the same, a few
-    times with backoff, because an IOC beacons before it answers searches (RSRV ignores
-    them until iocInit has finished).  Beacons reach a client only through a CA repeater.
-    """
-
-    FOLLOW_UPS_S = (0.0, 0.1, 0.3, 0.7, 1.5, 3.1)
-
-    def __init__(self) -> None:
-        # Set before super().__init__(): its threads may report a beacon at once.
-        self._follow_up_cond = threading.Condition()
-        self._follow_ups: list[float] = []
-        self._failing_addresses: set[tuple[str, int]] = set()
-        super().__init__()
-        threading.Thread(
-            target=self._follow_up_loop, daemon=True, name="ca-search-follow-up"
-        ).start()
-
-    def search(self, results_queue: Any, names: Any, *, timeout: float = 2) -> None:
-        """Queue searches, leaving out names a search request cannot carry (see
-        `unsearchable_reason`): one such name would end the search-retry thread."""
-        good = []
-        for name in names:
-            reason = unsearchable_reason(name)
-            if reason is None:
-                good.append(name)
-            else:
-                _log.error("Not searching for CA channel %r: %s", name, reason)
-        super().search(results_queue, good, timeout=timeout)
-
-    def _retry_unanswered_searches(self) -> None:
-        """caproto's search-retry loop, restarted if anything escapes it.
-
-        Anything raised there ends the thread, and with it every search of the process:
-        no PV added later connects, no disconnected PV comes back.  Names that cannot be
-        searched are dropped before the restart; the pause keeps a persistent failure
-        from spinning.
-        """
-        while not self._close_event.is_set():
-            try:
-                super()._retry_unanswered_searches()
-                return
-            except Exception:  # noqa: BLE001 - this thread must outlive any one failure
-                _log.exception("CA search-retry loop failed; restarting it")
-                with self._search_lock:
-                    for search_id, item in list(self.unanswered_searches.items()):
-                        if unsearchable_reason(item[0]) is not None:
-                            del self.unanswered_searches[search_id]
-                self._close_event.wait(0.5)
-
-    def send(self, *commands: Any) -> None:
-        """Send search datagrams to every address of the address list.
-
-        caproto's own version raises at the first address that refuses the datagram
-        (ENETUNREACH, EPERM, ...), so one bad entry of EPICS_CA_ADDR_LIST skipped every
-        address after it and ended the search-retry thread.  Here a failing address is
-        logged (once until it works again) and the others still get the search.
-        """
-        data = self.broadcaster.send(*commands)
-        for address in ca.get_client_address_list():
-            sock = self.udp_sock
-            if sock is None:
-                return
-            try:
-                sock.sendto(data, address)
-            except OSError as err:
-                if address not in self._failing_addresses:
-                    self._failing_addresses.add(address)
-                    _log.warning("CA search to %s:%d failed: %s", *address, err)
-            else:
-                self._failing_addresses.discard(address)
-
-    def _new_server_found(self) -> None:
-        super()._new_server_found()
-        now = time.monotonic()
-        with self._follow_up_cond:
-            self._follow_ups = [now + delay for delay in self.FOLLOW_UPS_S]
-            self._follow_up_cond.notify()
-
-    def disconnect(self, *, wait: bool = True) -> None:
-        """Stop searching before caproto closes the socket the search thread sends on.
-
-        Plain caproto closes the socket first, so a search in flight dies with EBADF, and
-        `wait=True` then waits out the search thread's back-off sleep (up to 5 s).
-        """
-        with self._search_lock:
-            self.unanswered_searches.clear()
-        self._close_event.set()
-        self._search_now.set()  # wake the retry loop so that it sees the close event
-        with self._follow_up_cond:
-            self._follow_up_cond.notify()
-        retry = getattr(self, "_retry_unanswered_searches_thread", None)
-        if retry is not None and retry is not threading.current_thread():
-            retry.join(timeout=5)
-        super().disconnect(wait=wait)
-
-    def _follow_up_loop(self) -> None:
-        cond = self._follow_up_cond
-        while not self._close_event.is_set():
-            with cond:
-                if not self._follow_ups:
-                    cond.wait(0.5)
-                    continue
-                delay = self._follow_ups[0] - time.monotonic()
-                if delay > 0:
-                    cond.wait(min(delay, 0.5))
-                    continue
-                self._follow_ups.pop(0)
-            self.search_now()
-
-
-class _InlineContext(Context):  # type: ignore[misc]
-    """caproto Context whose circuits deliver callbacks inline (see module docstring)."""
-
-    def get_circuit_manager(self, address: Any, priority: int) -> Any:
-        with self._lock_during_get_circuit_manager:
-            cm = super().get_circuit_manager(address, priority)
-            executor = getattr(cm, "user_callback_executor", None)
-            if executor is not _INLINE:
-                cm.user_callback_executor = _INLINE
-                if executor is not None:
-                    executor.shutdown(wait=False)
-        return cm
-
-
 class CaChannel:
     """One `subscribe()` call: a listener attached to a PV's time subscription."""
 
     def __init__(self, monitors: CaMonitors, pv: PV, listener: ChannelListener) -> None:
         self.name: str = pv.name
         self._monitors = monitors
-        self._pv = pv
+        self.pv = pv
         self._listener = listener
         self._closed = False
         self._state: ConnectionState | None = None
@@ -364,14 +197,14 @@ class CaChannel:
             self._on_connection, run=pv.connected
         )
         sub: CaprotoSubscription = pv.subscribe(data_type="time", mask=_MASK)
-        self._sub = sub
+        self.sub = sub
         with sub.callback_lock:
             if sub.callbacks:
                 # Shared with another channel of this PV: it loses its fast path (the
                 # fast path serves one consumer), and caproto's last response, which is
                 # stale while the fast path ran, must not be replayed to us.
                 sub.most_recent_response = None
-                self._monitors._clear_fast_path(sub)
+                self._monitors.clear_fast_path_of(sub)
             self._sub_token = sub.add_callback(self._on_value)
 
     def _emit_state(self, state: ConnectionState) -> None:
@@ -415,19 +248,20 @@ class CaChannel:
         )
 
     def _choose_converter(self, response: Any) -> None:
-        channel = self._pv.channel
+        channel = self.pv.channel
         count = channel.native_data_count if channel is not None else len(response.data)
         self._scalar = count == 1
         self._convert = make_converter(response.data_type, response.data, self._scalar)
         self._data_type = response.data_type
         # A registered fast path decodes the old type: drop it before the decoder changes
         # (the caller registers again for the new type where there is a decoder).
-        self._clear_fast_path()
-        self._fast_decode = make_fast_decoder(response.data_type, self._scalar)
+        self.clear_fast_path()
+        if self._monitors.fast:
+            self._fast_decode = make_fast_decoder(response.data_type, self._scalar)
 
     def _use_fast_path(self, sub: CaprotoSubscription, data_type: int) -> None:
         """Have this subscription's next updates bypass caproto (idempotent)."""
-        cm = self._pv.circuit_manager
+        cm = self.pv.circuit_manager
         sub_id = sub.subscriptionid
         if cm is None or sub_id is None:
             return
@@ -437,17 +271,18 @@ class CaChannel:
         with sub.callback_lock:  # add_callback takes it too: no second consumer sneaks in
             if self._closed or len(sub.callbacks) != 1:
                 return
-            self._clear_fast_path()
-            _caproto_receive.set_fast_handler(
+            self.clear_fast_path()
+            _caproto_compat.set_fast_handler(
                 cm.circuit, sub_id, data_type, self._scalar, self._on_fast_value
             )
             self._fast_at = where
 
-    def _clear_fast_path(self) -> None:
+    def clear_fast_path(self) -> None:
+        """Send this channel's updates through caproto again (idempotent)."""
         where = self._fast_at
         if where is not None:
             self._fast_at = None
-            _caproto_receive.clear_fast_handler(where[0], where[1])
+            _caproto_compat.clear_fast_handler(where[0], where[1])
 
     def close(self) -> None:
         """Stop delivering to this listener (an update already being delivered may finish)."""
@@ -455,14 +290,14 @@ class CaChannel:
             return
         self._closed = True
         try:
-            self._clear_fast_path()
+            self.clear_fast_path()
             # May send a cancel on the circuit's socket, which can raise (a stalled
             # server's full socket: BlockingIOError; a vanished one: EPIPE, ECONNRESET).
-            self._sub.remove_callback(self._sub_token)
+            self.sub.remove_callback(self._sub_token)
         finally:
             # Whatever the socket did, this channel is forgotten (and the caller told).
-            self._pv.connection_state_callback.remove_callback(self._conn_token)
-            self._monitors._release(self)
+            self.pv.connection_state_callback.remove_callback(self._conn_token)
+            self._monitors.release(self)
 
 
 class CaMonitors:
@@ -472,12 +307,19 @@ class CaMonitors:
     """
 
     def __init__(self, timeout: float = 2.0) -> None:
-        _caproto_receive.install()
         circuit_log = logging.getLogger("caproto.circ")
         if _LATE_RESPONSES not in circuit_log.filters:
             circuit_log.addFilter(_LATE_RESPONSES)
-        self._broadcaster = _Broadcaster()
-        self._context = _InlineContext(self._broadcaster, timeout=timeout)
+        #: Whether caproto's private parts are used (see the module docstring).
+        self.fast = _caproto_compat.fast_paths()
+        self._broadcaster: SharedBroadcaster
+        if self.fast:
+            _caproto_compat.install()
+            self._broadcaster = _caproto_compat.Broadcaster()
+            self._context = _caproto_compat.InlineContext(self._broadcaster, timeout=timeout)
+        else:
+            self._broadcaster = SharedBroadcaster()
+            self._context = Context(self._broadcaster, timeout=timeout)
         self._lock = threading.Lock()
         self._channels: dict[str, set[CaChannel]] = {}
         self._searches_cancelled: set[str] = set()
@@ -488,7 +330,7 @@ class CaMonitors:
         with self._lock:
             if self._closed:
                 raise RuntimeError("CaMonitors is closed")
-            reason = unsearchable_reason(channel)
+            reason = _caproto_compat.unsearchable_reason(channel)
             if reason is not None:
                 raise ValueError(f"CA channel {channel!r} cannot be searched for: {reason}")
             (pv,) = self._context.get_pvs(channel, timeout=None)
@@ -500,16 +342,16 @@ class CaMonitors:
             self._channels.setdefault(channel, set()).add(ca_channel)
             return ca_channel
 
-    def _clear_fast_path(self, sub: CaprotoSubscription) -> None:
+    def clear_fast_path_of(self, sub: CaprotoSubscription) -> None:
         """Stop the fast path of whichever channel holds `sub` (it is being shared).
 
         Called by `CaChannel.__init__`, i.e. with `self._lock` held by `subscribe`.
         """
-        holders = [c for c in self._channels.get(sub.pv.name, ()) if c._sub is sub]
+        holders = [c for c in self._channels.get(sub.pv.name, ()) if c.sub is sub]
         for holder in holders:
-            holder._clear_fast_path()
+            holder.clear_fast_path()
 
-    def _release(self, ca_channel: CaChannel) -> None:
+    def release(self, ca_channel: CaChannel) -> None:
         """Forget a closed channel; stop searching for a PV nobody wants any more.
 
         A connected PV keeps its (cheap, idle) CA channel: caproto's idle/re-activate path
@@ -523,7 +365,7 @@ class CaMonitors:
             if users:
                 return
             del self._channels[ca_channel.name]
-            if not self._closed and not ca_channel._pv.connected:
+            if not self._closed and not ca_channel.pv.connected:
                 self._broadcaster.cancel(ca_channel.name)
                 self._searches_cancelled.add(ca_channel.name)
 
@@ -541,4 +383,4 @@ class CaMonitors:
         for ca_channel in channels:
             ca_channel.close()
         self._context.disconnect(wait=True)
-        self._broadcaster.disconnect(wait=True)
+        self._broadcaster.disconnect(wait=self.fast)  # stock: its back-off sleep can last 5 s

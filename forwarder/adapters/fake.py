@@ -30,7 +30,7 @@ class FakeChannel:
         self._monitors = monitors
 
     def close(self) -> None:
-        self._monitors._remove(self)
+        self._monitors.remove(self)
 
 
 class FakeMonitors:
@@ -66,7 +66,7 @@ class FakeMonitors:
         listener.on_connection(ConnectionState.CONNECTED, time.time_ns())
         return fake
 
-    def _remove(self, fake: FakeChannel) -> None:
+    def remove(self, fake: FakeChannel) -> None:
         with self._lock:
             if self._channels.pop(fake, 0) is None:
                 self._snapshot = None

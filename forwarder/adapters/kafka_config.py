@@ -194,7 +194,7 @@ class ConfigTopicConsumer:
         for msg in msgs:
             problem = msg.error()
             if problem is not None:
-                if problem.code() != KafkaError._PARTITION_EOF:
+                if problem.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - public API
                     self.last_error = problem.str()
                     log.warning("config topic %r: %s", self.topic, problem.str())
                 continue
@@ -343,7 +343,7 @@ def read_topic(
             problem = msg.error()
             partition = msg.partition() or 0
             if problem is not None:
-                if problem.code() == KafkaError._PARTITION_EOF:
+                if problem.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - public API
                     done.add(partition)
                 else:
                     log.warning("topic %r: %s", topic, problem.str())

@@ -13,6 +13,10 @@ a Python worker thread through a work queue (and log at debug level on every pop
 costs more than the forwarding itself; it also has a race in which the first wake-up is
 lost and a PV never delivers.
 
+The monitor itself is p4p's raw pvxs monitor, a private name (`_p4p_compat`); on a p4p
+release it was not tested with, or with `FORWARDER_STOCK_EPICS_CLIENTS=1`, the public
+`Context.monitor` is used instead (same events, a debug log call per update).
+
 Configuration: `conf` (EPICS_PVA_* keys) overrides the environment; `use_env=False`
 ignores the environment entirely (tests pass `epics_env(...)` this way).
 """
@@ -26,10 +30,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from p4p import Value, _p4p
+from p4p import Value
 from p4p.client.raw import Cancelled, Disconnected, Finished, RemoteError
 from p4p.client.raw import Context as RawContext
 
+from forwarder.adapters import _p4p_compat
 from forwarder.core.events import ChannelListener, ConnectionState
 
 _log = logging.getLogger(__name__)
@@ -122,11 +127,9 @@ class PvaChannel:
         self._open()
 
     def _open(self) -> None:
-        self._sub = _p4p.ClientMonitor(
-            self._monitors._provider,
-            self.name,
-            handler=self._drain,
-            pvRequest=self._monitors._request_value,
+        monitors = self._monitors
+        self._sub = _p4p_compat.monitor(
+            monitors.context, self.name, self._drain, monitors.request_value
         )
         # The first wake-up may have fired before the handle above was stored (and
         # pvxs does not wake again until the queue is drained): drain once now.
@@ -218,7 +221,7 @@ class PvaChannel:
         sub, self._sub = self._sub, None
         if sub is not None:
             sub.close()
-        self._monitors._release(self)
+        self._monitors.release(self)
 
 
 class PvaMonitors:
@@ -236,9 +239,8 @@ class PvaMonitors:
         queue_size: int = 4,
     ) -> None:
         pva_conf = {k: str(v) for k, v in (conf or {}).items() if k.startswith("EPICS_PVA_")}
-        self._context = RawContext("pva", conf=pva_conf or None, useenv=use_env, nt=False)
-        self._provider = self._context._ctxt
-        self._request_value = RawContext.makeRequest(_request(queue_size))
+        self.context = RawContext("pva", conf=pva_conf or None, useenv=use_env, nt=False)
+        self.request_value = RawContext.makeRequest(_request(queue_size))
         self._lock = threading.Lock()
         self._channels: set[PvaChannel] = set()
         self._closed = False
@@ -252,7 +254,7 @@ class PvaMonitors:
             self._channels.add(pva_channel)
             return pva_channel
 
-    def _release(self, pva_channel: PvaChannel) -> None:
+    def release(self, pva_channel: PvaChannel) -> None:
         with self._lock:
             self._channels.discard(pva_channel)
 
@@ -273,4 +275,4 @@ class PvaMonitors:
             channels = list(self._channels)
         for pva_channel in channels:
             pva_channel.close()
-        self._context.close()
+        self.context.close()

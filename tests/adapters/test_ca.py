@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from caproto._dbr import DBR_TYPES
 
-from forwarder.adapters import _caproto_receive
+from forwarder.adapters import _caproto_compat
 from forwarder.adapters.ca import (
     EPICS_EPOCH_OFFSET_S,
     CaMonitors,
@@ -264,7 +264,7 @@ def _slow_and_fast(
     data = wire([response])
     circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
     circuit._data = bytearray()
-    (parsed,), _ = _caproto_receive._linear_recv(circuit, data)
+    (parsed,), _ = _caproto_compat._linear_recv(circuit, data)
     md = parsed.metadata
     slow = (
         make_converter(data_type, parsed.data, scalar)(parsed.data),
@@ -297,7 +297,7 @@ def test_updates_after_the_first_bypass_caproto(
 ) -> None:
     """Against a real IOC: values, types and order are the same on the fast path."""
     fast_calls: dict[str, int] = {}
-    register = _caproto_receive.set_fast_handler
+    register = _caproto_compat.set_fast_handler
 
     def counting(circuit: Any, sub_id: int, data_type: int, scalar: bool, handler: Any) -> None:
         name = handler.__self__.name
@@ -308,7 +308,7 @@ def test_updates_after_the_first_bypass_caproto(
 
         register(circuit, sub_id, data_type, scalar, counted)
 
-    monkeypatch.setattr(_caproto_receive, "set_fast_handler", counting)
+    monkeypatch.setattr(_caproto_compat, "set_fast_handler", counting)
     records = [*SCALARS, WAVEFORMS[0], WAVEFORMS[3]]
     with SoftIoc(records, env=env) as ioc:
         rec = subscribe(monitors, *(r.name for r in records))
@@ -373,7 +373,7 @@ def test_receive_thread_stalls_lose_no_update(
     """While the receive thread sleeps, the IOC's updates wait in the socket; afterwards
     they are read in a burst and the fast path must parse every one of them.  Reads are
     capped at an odd size so that most of them end inside a message."""
-    monkeypatch.setattr(_caproto_receive, "MAX_TCP_READ", 997)
+    monkeypatch.setattr(_caproto_compat, "MAX_TCP_READ", 997)
     counters = Counters(20, 100.0, "STALL:", "DOUBLE")
     stall = threading.Event()
     with SoftIoc(counters=counters, env=env):
@@ -454,7 +454,7 @@ def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
             time.sleep(0.05)
         assert sink.of(b"f144")
         (ca_channel,) = monitors._channels["T:AI"]
-        sock = ca_channel._pv.circuit_manager.socket
+        sock = ca_channel.pv.circuit_manager.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         assert ioc._proc is not None
         os.kill(ioc._proc.pid, signal.SIGSTOP)

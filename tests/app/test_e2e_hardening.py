@@ -125,3 +125,58 @@ def test_resends_after_a_waveform_became_empty_carry_no_stale_array(
         reader.wait_for(lambda ms: bool(f144_of(ms, pv, emptied_ms)), WAIT)
         values = [d.value.tolist() for _, d in f144_of(reader.messages, pv, emptied_ms)]
         assert values and all(v == [7.0] for v in values), values
+
+
+def test_stock_library_paths_forward_the_same(
+    harness_factory: Callable[..., Harness],  # noqa: F811
+    ioc_env: dict[str, str],  # noqa: F811
+) -> None:
+    """`FORWARDER_STOCK_EPICS_CLIENTS=1` (what an untested caproto or p4p release gets):
+    no private caproto or p4p part is used; CA and PVA still forward scalars and arrays,
+    alarms and connection states, and a second stream of a PV gets its value at once.
+    Said once per library in the log."""
+    from streaming_data_types.alarm_al00 import Severity
+
+    from tests.support.kafka import decode
+
+    scalar, wave = "HARD:STOCK:AI", "HARD:STOCK:WF"
+    ca_topic, pva_topic, late_topic = topics(3, "hard")
+    records = [Record(scalar, "ao", 0.0), Record(wave, "waveform", [1, 2], "LONG", 8)]
+    with SoftIoc(records, env=ioc_env) as ioc:
+        ioc.put(scalar, 1.25)
+        env = {**ioc_env, "FORWARDER_STOCK_EPICS_CLIENTS": "1"}
+        h = harness_factory(args=[], epics=env)
+        h.send(
+            fc00(
+                Fc00UpdateType.ADD,
+                *(
+                    epics_fc00(pv, t, p)
+                    for pv in (scalar, wave)
+                    for t, p in ((ca_topic, CA), (pva_topic, PVA))
+                ),
+            )  # fmt: skip
+        )
+        for topic in (ca_topic, pva_topic):
+            assert wait_values(h, topic, scalar) == [1.25]
+        ioc.put(scalar, 2.5)
+        ioc.put(wave, [7, 8, 9])
+        ioc.set_alarm(scalar, 2, "HIHI")
+        for topic in (ca_topic, pva_topic):
+            reader = h.reader(topic)
+            reader.wait_for(
+                lambda ms: any(d.value.tolist() == [7, 8, 9] for _, d in f144_of(ms, wave)), WAIT
+            )
+
+            def major(ms: list[Msg]) -> bool:
+                return any(
+                    m.schema_id == "al00" and decode(m)[1].severity == Severity.MAJOR for m in ms
+                )
+
+            reader.wait_for(major, WAIT)
+            assert any(m.schema_id == "ep01" for m in reader.messages)
+        h.send(fc00(Fc00UpdateType.ADD, epics_fc00(scalar, late_topic, CA)))
+        assert wait_values(h, late_topic, scalar)[-1] == 2.5
+        log = h.fw.log()
+        assert log.count("using stock caproto") == 1, log[-3000:]
+        assert log.count("using p4p's public monitor") == 1, log[-3000:]
+        h.assert_running()

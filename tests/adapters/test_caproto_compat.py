@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from caproto._dbr import DBR_TYPES
 
-from forwarder.adapters import _caproto_receive
+from forwarder.adapters import _caproto_compat
 from tests.support.ca_wire import wire
 
 ORIGINAL_RECV = ca.VirtualCircuit.recv
@@ -61,19 +61,19 @@ def test_linear_recv_matches_caproto_for_any_split(seed: int) -> None:
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     expected = _parse(ORIGINAL_RECV, [stream])
     assert len(expected) == 330
-    assert _parse(_caproto_receive._linear_recv, chunks) == expected
-    assert _parse(_caproto_receive._linear_recv, [stream]) == expected
+    assert _parse(_caproto_compat._linear_recv, chunks) == expected
+    assert _parse(_caproto_compat._linear_recv, [stream]) == expected
 
 
 def test_linear_recv_reports_disconnect_and_bytes_needed() -> None:
     circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
     circuit._data = bytearray()
-    commands, needed = _caproto_receive._linear_recv(circuit, b"")
+    commands, needed = _caproto_compat._linear_recv(circuit, b"")
     assert list(commands) == [ca.DISCONNECTED] and needed == 0
     stream = wire(_responses(1, 0))
-    commands, needed = _caproto_receive._linear_recv(circuit, stream[:5])
+    commands, needed = _caproto_compat._linear_recv(circuit, stream[:5])
     assert not commands and needed == 16 - 5
-    commands, needed = _caproto_receive._linear_recv(circuit, stream[5:])
+    commands, needed = _caproto_compat._linear_recv(circuit, stream[5:])
     assert len(commands) == 2 and needed == 0  # the response and an echo
 
 
@@ -83,9 +83,9 @@ def test_install_bounds_tcp_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import caproto.threading.client as tc
 
-    _caproto_receive.install()
-    assert ca.VirtualCircuit.recv is _caproto_receive._linear_recv
-    monkeypatch.setattr(_caproto_receive, "MAX_TCP_READ", 1000)
+    _caproto_compat.install()
+    assert ca.VirtualCircuit.recv is _caproto_compat._linear_recv
+    monkeypatch.setattr(_caproto_compat, "MAX_TCP_READ", 1000)
     a, b = socket.socketpair()
     try:
         a.sendall(b"x" * 5000)
@@ -113,7 +113,7 @@ def _fast_circuit(scalar: bool = True) -> tuple[object, list[tuple[int, bytes, i
     circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
     circuit._data = bytearray()
     seen: list[tuple[int, bytes, int]] = []
-    _caproto_receive.set_fast_handler(
+    _caproto_compat.set_fast_handler(
         circuit, 5, ca.ChannelType.TIME_DOUBLE, scalar,
         lambda payload, count: seen.append((5, bytes(payload), count)),
     )  # fmt: skip
@@ -124,7 +124,7 @@ def _received_in_order(circuit: object, chunks: list[bytes]) -> list[object]:
     """What the patched circuit manager would dispatch, in order (fast ones run)."""
     out: list[object] = []
     for chunk in chunks:
-        commands, _ = _caproto_receive._linear_recv(circuit, chunk)
+        commands, _ = _caproto_compat._linear_recv(circuit, chunk)
         for c in commands:
             if type(c) is tuple:
                 c[0](c[1], c[2])
@@ -179,7 +179,7 @@ def test_fast_path_needs_matching_type_status_and_registration() -> None:
         ("EventAddResponse", 5), ("EventAddResponse", 5), ("EventAddResponse", 5), "fast",
     ]  # fmt: skip
     assert seen[0][2] == 3
-    _caproto_receive.clear_fast_handler(circuit, 5)
+    _caproto_compat.clear_fast_handler(circuit, 5)
     assert _received_in_order(circuit, [wire([array])]) == [("EventAddResponse", 5)]
 
 
@@ -197,7 +197,7 @@ def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None
         def __init__(self) -> None:
             self.circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
             self.circuit._data = bytearray()
-            _caproto_receive.set_fast_handler(
+            _caproto_compat.set_fast_handler(
                 self.circuit, 5, ca.ChannelType.TIME_DOUBLE, True, failing
             )
 
@@ -206,10 +206,10 @@ def test_patched_manager_dispatches_fast_updates_and_survives_failures() -> None
 
     manager = Manager()
     stream = wire([_update(5, [1.0]), ca.EchoResponse(), _update(5, [2.0])])
-    assert _caproto_receive._received(manager, stream, None) == 0
+    assert _caproto_compat._received(manager, stream, None) == 0
     assert calls == [1, 1] and [type(c).__name__ for c in processed] == ["EchoResponse"]
     assert manager.last_tcp_receipt > 0
-    assert _caproto_receive._received(manager, b"", None) is ca.DISCONNECTED
+    assert _caproto_compat._received(manager, b"", None) is ca.DISCONNECTED
 
 
 def test_a_large_array_is_received_in_linear_time() -> None:
@@ -229,18 +229,18 @@ def test_a_large_array_is_received_in_linear_time() -> None:
             ca.EchoResponse(),
         ]
     )
-    chunk = _caproto_receive.MAX_TCP_READ
+    chunk = _caproto_compat.MAX_TCP_READ
     circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 5064), 0)
     circuit._data = bytearray()
-    commands, needed = _caproto_receive._linear_recv(circuit, stream[:chunk])
+    commands, needed = _caproto_compat._linear_recv(circuit, stream[:chunk])
     assert not commands and needed == len(stream) - 16 - chunk  # all but the echo
     pending = circuit._data
     for start in range(chunk, len(stream) - chunk, chunk):
-        commands, needed = _caproto_receive._linear_recv(circuit, stream[start : start + chunk])
+        commands, needed = _caproto_compat._linear_recv(circuit, stream[start : start + chunk])
         assert not commands
         assert circuit._data is pending  # grown in place, not rebuilt from a copy
     last = (len(stream) - 1) // chunk * chunk
-    commands, needed = _caproto_receive._linear_recv(circuit, stream[last:])
+    commands, needed = _caproto_compat._linear_recv(circuit, stream[last:])
     assert [type(c).__name__ for c in commands] == ["EventAddResponse", "EchoResponse"]
     assert needed == 0 and len(circuit._data) == 0
     assert np.array_equal(np.asarray(commands[0].data), np.arange(n))
