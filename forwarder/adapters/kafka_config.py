@@ -33,6 +33,8 @@ from forwarder.adapters.kafka_logging import with_kafka_logger
 from forwarder.core.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
+#: The end-of-partition event code (confluent-kafka's documented name starts with "_").
+PARTITION_EOF = KafkaError._PARTITION_EOF  # noqa: SLF001
 
 _CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
@@ -194,7 +196,7 @@ class ConfigTopicConsumer:
         for msg in msgs:
             problem = msg.error()
             if problem is not None:
-                if problem.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - public API
+                if problem.code() != PARTITION_EOF:
                     self.last_error = problem.str()
                     log.warning("config topic %r: %s", self.topic, problem.str())
                 continue
@@ -343,7 +345,7 @@ def read_topic(
             problem = msg.error()
             partition = msg.partition() or 0
             if problem is not None:
-                if problem.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - public API
+                if problem.code() == PARTITION_EOF:
                     done.add(partition)
                 else:
                     log.warning("topic %r: %s", topic, problem.str())
@@ -586,7 +588,7 @@ class StorageTopicReader:
             partition = msg.partition() or 0
             problem = msg.error()
             if problem is not None:
-                if problem.code() == KafkaError._PARTITION_EOF:
+                if problem.code() == PARTITION_EOF:
                     at_eof.add(partition)
                     if end is not None:
                         break
