@@ -85,3 +85,17 @@ def test_checker_finds_missing_names() -> None:
 
 def test_architecture_names_exist() -> None:
     assert problems(PAGE.read_text(encoding="utf-8")) == []
+
+
+def test_every_module_is_described() -> None:
+    """A newcomer finds every module of the package on the architecture page."""
+    spans = set(_spans(PAGE.read_text(encoding="utf-8")))
+    words = {w.strip("`") for span in spans for w in re.split(r"[\s,/()+:]+", span) if w}
+    missing = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "forwarder").rglob("*.py"))
+        if path.stem not in ("__init__", "__main__")
+        and path.name not in words
+        and path.stem not in words
+    ]
+    assert missing == []
