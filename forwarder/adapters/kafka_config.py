@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -35,6 +35,8 @@ from forwarder.core.storage import StorageUnavailable
 log = logging.getLogger(__name__)
 #: The end-of-partition event code (confluent-kafka's documented name starts with "_").
 PARTITION_EOF = KafkaError._PARTITION_EOF  # noqa: SLF001
+
+T = TypeVar("T")
 
 _CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
@@ -529,24 +531,35 @@ class StorageTopicReader:
             consumer.close()
             log.info("storage topic %r: %d messages read", self.topic, self.records_read)
 
+    def _ask(self, request: Callable[[float], T], patience_s: float = 5.0) -> T:
+        """A metadata request, in one-second tries so that `cancel` is noticed (a signal
+        must end the forwarder within seconds even while the broker is unreachable)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return request(1.0)
+            except KafkaException as err:
+                if self.cancel.is_set():
+                    raise StorageUnavailable("restore cancelled") from err
+                if time.monotonic() >= deadline:
+                    raise StorageUnavailable(
+                        f"cannot read storage topic {self.topic!r}: {err}"
+                    ) from err
+
     def _tails(self, consumer: Consumer) -> list[_Tail]:
-        try:
-            md = consumer.list_topics(self.topic, timeout=5.0)
-        except KafkaException as err:
-            raise StorageUnavailable(f"cannot read storage topic {self.topic!r}: {err}") from err
+        md = self._ask(lambda t: consumer.list_topics(self.topic, timeout=t))
         topic_md = md.topics.get(self.topic)
         if topic_md is None or topic_md.error is not None or not topic_md.partitions:
             return []
         tails = []
         for p in sorted(topic_md.partitions):
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=5.0
-                )
-            except KafkaException as err:
-                raise StorageUnavailable(
-                    f"cannot read storage topic {self.topic!r}: {err}"
-                ) from err
+            tp = TopicPartition(self.topic, p)
+
+            def watermarks(timeout: float, tp: TopicPartition = tp) -> tuple[int, int]:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                return int(low), int(high)
+
+            low, high = self._ask(watermarks)
             low = max(0, low)
             start = max(low, high - self.first_window)
             tails.append(_Tail(p, low, start, window=self.first_window))

@@ -381,6 +381,8 @@ class Controller:
         try:
             command = self._newest_stored(reader)
         except StorageUnavailable as err:
+            if self._stop is not None and self._stop.is_set():
+                return False  # shutting down: the attempt was cancelled, nothing to report
             delay = _RESTORE_RETRY_S[min(restore.attempts, len(_RESTORE_RETRY_S)) - 1]
             restore.error = str(err)
             restore.next_attempt_ns = self.clock.monotonic_ns() + int(delay * 1e9)

@@ -27,6 +27,7 @@ from tests.support.kafka import (
     TopicReader,
     create_topic,
     decode,
+    free_port,
     produce,
     unique_topic,
 )
@@ -347,3 +348,26 @@ def test_restore_finds_the_newest_configuration_at_the_end_of_a_long_history(
     assert "Restored 2 streams" in log
     read = re.search(r"storage topic '[^']+': (\d+) messages read", log)
     assert read is not None and int(read.group(1)) <= 3, log[-3000:]
+
+
+def test_signal_while_the_restore_is_pending_stops_within_5_s(
+    kafka_bootstrap: str, forwarders: list[ForwarderProcess]
+) -> None:
+    closed = f"127.0.0.1:{free_port()}"  # the storage topic's broker: nothing listens
+    fp = ForwarderProcess(
+        kafka_bootstrap, args=[*FAKE_ARGS, "--storage-topic", f"{closed}/storage"]
+    )
+    forwarders.append(fp)
+    fp.start(wait_ready=True)
+    deadline = time.monotonic() + 20
+    while "Configuration NOT restored" not in fp.log():
+        assert time.monotonic() < deadline, fp.log()[-3000:]
+        time.sleep(0.1)
+    time.sleep(1.5)  # into the next attempt (1 s later), which waits for the broker
+    started = time.monotonic()
+    code = fp.stop()
+    elapsed = time.monotonic() - started
+    log = fp.log()
+    assert code == 0, log[-3000:]
+    assert elapsed < 5, f"{elapsed:.1f} s\n{log[-3000:]}"
+    assert "Shutdown took too long" not in log, log[-3000:]
