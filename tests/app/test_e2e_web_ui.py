@@ -173,13 +173,11 @@ def test_lists_configured_pvs_with_live_values(web: Setup, page: Page) -> None:
 
     # A new value reaches the page without a reload (the page polls every second).
     web.ioc.put(f"{P}AI", 2.25)
-    started = time.monotonic()
     page.wait_rows(
         lambda rows: all(r["Last value"] == "2.25" for r in by_channel(rows, f"{P}AI")),
-        5,
+        5,  # 2 s promised; the rest is headroom for a loaded machine
         "the new value",
     )
-    assert time.monotonic() - started < 5
     # Fake PVs tick at 5 Hz: the page shows a rate.
     page.wait_rows(
         lambda rows: any(
@@ -198,22 +196,24 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
     page.wait_rows(lambda rows: len(rows) >= 7, 30, "all streams")
     page.page.fill("#filter", f"{P}?I")
     rows = page.wait_rows(
-        lambda rows: {r["Channel"] for r in rows} == {f"{P}AI"}, 5, "only the ?-matches"
+        lambda rows: {r["Channel"] for r in rows} == {f"{P}AI"}, 10, "only the ?-matches"
     )
     assert len(rows) == 2
     assert "2 of 7 streams match" in page.page.locator("#page-info").inner_text()
     page.page.fill("#filter", f"{P}*")
-    page.wait_rows(lambda rows: len(rows) == 5, 5, "the five WEBUI streams")
+    page.wait_rows(lambda rows: len(rows) == 5, 10, "the five WEBUI streams")
     page.page.select_option("#state-filter", "PROBLEM")
-    page.wait_rows(lambda rows: [r["Channel"] for r in rows] == [f"{P}MISSING"], 5, "problems only")
+    page.wait_rows(
+        lambda rows: [r["Channel"] for r in rows] == [f"{P}MISSING"], 10, "problems only"
+    )
     page.page.select_option("#state-filter", "")
     page.page.fill("#filter", "")
     page.page.fill("#topic-filter", "webfake")
     page.wait_rows(
-        lambda rows: {r["Channel"] for r in rows} == {"FAKE:WEB:1", HOSTILE}, 5, "topic filter"
+        lambda rows: {r["Channel"] for r in rows} == {"FAKE:WEB:1", HOSTILE}, 10, "topic filter"
     )
     page.page.fill("#topic-filter", "")
-    page.wait_rows(lambda rows: len(rows) >= 7, 5, "everything again")
+    page.wait_rows(lambda rows: len(rows) >= 7, 10, "everything again")
 
     # Channel ascending is the default; a click on the header turns it round.
     channels = [r["Channel"] for r in page.rows()]
@@ -221,7 +221,7 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
     page.page.click("th[data-col=channel] button")
     page.wait_rows(
         lambda rows: [r["Channel"] for r in rows] == sorted(channels, reverse=True),
-        5,
+        10,
         "channel descending",
     )
     assert page.page.get_attribute("th[data-col=channel]", "aria-sort") == "descending"
@@ -231,7 +231,7 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
             [r["Protocol"] for r in rows] == sorted(r["Protocol"] for r in rows)
             and page.page.get_attribute("th[data-col=protocol]", "aria-sort") == "ascending"
         ),
-        5,
+        10,
         "protocol ascending",
     )
     page.page.click("th[data-col=forwarded] button")
@@ -242,7 +242,7 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
             == sorted((int(r["Forwarded"]) for r in rows), reverse=True)
             and page.page.get_attribute("th[data-col=forwarded]", "aria-sort") == "descending"
         ),
-        5,
+        10,
         "forwarded descending",
     )
 
@@ -360,6 +360,7 @@ def test_read_only_without_token_and_errors_keep_the_data(web: Setup) -> None:
         )
         assert status == 403
         with TopicReader(web.bootstrap, fp.config_topic) as reader:
+            reader.wait_for(lambda ms: len(ms) >= 1, 10)
             reader.poll_messages(1.0)
             assert len(reader.messages) == 1  # only the test's own ADD
 
