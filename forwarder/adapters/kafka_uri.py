@@ -116,11 +116,12 @@ def _parse_credentials(creds: str) -> tuple[str, str]:
     return canonical, username
 
 
-def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
-    """Parse an address; `require_topic` True means a topic is mandatory, False forbidden.
+def parse_kafka_uri(text: str, require_topic: bool | None) -> KafkaUri:
+    """Parse an address; `require_topic` True means a topic is mandatory, False forbidden,
+    None optional (a topic given is parsed and checked like any other).
 
-    Forbidding a topic where none is used (the output broker) catches operators who think
-    the topic given there has an effect.
+    The output broker takes an optional topic that it does not use, as the ESS forwarder
+    does; the caller warns about it (`Settings.start_warnings`).
     """
     raw = text.strip()
     if not raw:
@@ -156,7 +157,7 @@ def parse_kafka_uri(text: str, require_topic: bool) -> KafkaUri:
         topic = topic_text
     if require_topic and topic is None:
         raise ValueError("missing topic (expected host:port/topic)")
-    if not require_topic and topic is not None:
+    if require_topic is False and topic is not None:
         raise ValueError(f"a topic ({topic!r}) is not allowed here (expected host:port only)")
     if not hosts_text.strip():
         raise ValueError("missing host (expected host:port)")

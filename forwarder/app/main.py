@@ -14,6 +14,7 @@ from forwarder.adapters.kafka_uri import redact
 from forwarder.app.cli import parse_args
 from forwarder.app.logging_setup import LoggingSetupError, setup_logging
 from forwarder.app.service import ForwarderService
+from forwarder.app.settings import Settings
 
 log = logging.getLogger("forwarder")
 
@@ -31,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoggingSetupError as err:
         print(f"forwarder: error: {err}", file=sys.stderr)
         return 2
-    log.info("forwarder %s starting as service %r", __version__, settings.service_id)
-    for note in settings.environment_notes:
-        log.info("Environment: %s", note)
+    log_start(settings)
     try:
         output_config = settings.output_endpoint.librdkafka_config()
     except ValueError as err:
@@ -71,6 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchdog.cancel()
     # Non-zero when data was lost, so a supervisor (or an operator) notices.
     return 1 if left else 0
+
+
+def log_start(settings: Settings) -> None:
+    """The start-up lines: version and service, the environment variables used, and
+    options that were accepted but have no effect (so the operator can remove them)."""
+    log.info("forwarder %s starting as service %r", __version__, settings.service_id)
+    for note in settings.environment_notes:
+        log.info("Environment: %s", note)
+    for warning in settings.start_warnings():
+        log.warning("%s", warning)
 
 
 def _hard_exit(services: list[ForwarderService]) -> None:

@@ -64,8 +64,10 @@ def uri_with_topic(text: str) -> KafkaUri:
     return parse_kafka_uri(text, require_topic=True)
 
 
-def uri_without_topic(text: str) -> KafkaUri:
-    return parse_kafka_uri(text, require_topic=False)
+def uri_topic_ignored(text: str) -> KafkaUri:
+    """An address whose topic, if any, has no use (the output broker: each stream names its
+    own topic); accepted as the ESS forwarder does, and named by `Settings.start_warnings`."""
+    return parse_kafka_uri(text, require_topic=None)
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:
@@ -196,8 +198,9 @@ class Settings:
         ess_env="STATUS_TOPIC",
     )
     output_broker: KafkaUri = option(
-        f"brokers PV data is produced to: {URI_HELP} (topics come from the config)",
-        uri_without_topic,
+        f"brokers PV data is produced to: {URI_HELP} (topics come from the config; a "
+        "/topic here is ignored, with a warning at start)",
+        uri_topic_ignored,
         ess_env="OUTPUT_BROKER",
     )
     storage_topic: KafkaUri | None = option(
@@ -382,6 +385,16 @@ class Settings:
     @property
     def storage_endpoint(self) -> KafkaEndpoint | None:
         return self.endpoint("storage_topic")
+
+    def start_warnings(self) -> tuple[str, ...]:
+        """What the operator gave that has no effect: logged as warnings at start."""
+        found: list[str] = []
+        if self.output_broker.topic is not None:
+            found.append(
+                f"--output-broker names topic {self.output_broker.topic!r}, which is ignored:"
+                " PV data goes to the topic each stream is configured with"
+            )
+        return tuple(found)
 
     @property
     def use_receive_time(self) -> bool:

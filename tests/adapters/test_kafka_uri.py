@@ -94,6 +94,13 @@ def test_str_round_trips() -> None:
     assert parse_kafka_uri(str(uri), require_topic=True) == uri
 
 
+def test_an_optional_topic_may_be_given_or_left_out() -> None:
+    assert parse_kafka_uri("h:1/whatever", require_topic=None) == KafkaUri("h:1", "whatever")
+    assert parse_kafka_uri("PLAIN\\u@h:1", require_topic=None) == KafkaUri(
+        "h:1", None, "PLAIN", "u"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "require_topic", "fragment"),
     [
@@ -108,6 +115,9 @@ def test_str_round_trips() -> None:
         ("localhost:9092/", True, "topic after '/' is empty"),
         ("localhost:9092/t", False, "not allowed"),
         ("localhost:9092/bad topic", True, "invalid topic name"),
+        # An optional topic (the output broker's) is still checked when given.
+        ("localhost:9092/", None, "topic after '/' is empty"),
+        ("localhost:9092/bad topic", None, "invalid topic name"),
         ("GSSAPI\\u@localhost:9092", False, "unknown SASL mechanism 'GSSAPI'"),
         ("PLAIN\\@localhost:9092", False, "username is empty"),
         ("ho st:1", False, "invalid host name"),
@@ -118,7 +128,9 @@ def test_str_round_trips() -> None:
         ("SSL+PLAIN\\u@h:1", False, "SSL cannot carry SASL credentials"),
     ],
 )
-def test_errors_are_one_clear_sentence(text: str, require_topic: bool, fragment: str) -> None:
+def test_errors_are_one_clear_sentence(
+    text: str, require_topic: bool | None, fragment: str
+) -> None:
     with pytest.raises(ValueError) as err:
         parse_kafka_uri(text, require_topic=require_topic)
     assert fragment in str(err.value)

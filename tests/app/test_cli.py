@@ -50,6 +50,15 @@ def parse_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+def test_output_broker_topic_is_accepted_and_warned_about_not_used() -> None:
+    """The ESS forwarder ignores a topic on --output-broker; so do we, but say so."""
+    opts = parse_args([*REQUIRED[:2], "--output-broker", "localhost:9092/whatever", *REQUIRED[4:]])
+    assert opts.output_endpoint.librdkafka_config()["bootstrap.servers"] == "localhost:9092"
+    (warning,) = opts.start_warnings()
+    assert "--output-broker" in warning and "'whatever'" in warning and "ignored" in warning
+    assert parse_args(REQUIRED).start_warnings() == ()
+
+
 def test_minimal_arguments_give_documented_defaults() -> None:
     opts = parse_args(REQUIRED)
     assert opts.config_topic == KafkaUri("localhost:9092", "config")
@@ -203,7 +212,11 @@ def test_repr_hides_passwords() -> None:
             ["--config-topic", "h:1/c", "--output-broker", "localhost:abc"],
             "error: --output-broker: port 'abc' is not a number",
         ),
-        (["--output-broker", "h:1/t", "--config-topic", "h:1/c"], "--output-broker: a topic"),
+        # A topic there is ignored (with a warning), but it must still be a topic name.
+        (
+            ["--output-broker", "h:1/bad topic", "--config-topic", "h:1/c"],
+            "--output-broker: invalid topic name",
+        ),
         (["--output-broker", "h:1", "--config-topic", "h:1"], "--config-topic: missing topic"),
         (["--output-broker", "h:1", "--config-topic", ":1/c"], "--config-topic: missing host"),
         ([*REQUIRED, "--status-topic", "KERBEROS\\u@h:1/s"], "unknown SASL mechanism"),
