@@ -381,6 +381,9 @@ class CaMonitors:
             self._closed = True
             channels = [c for users in self._channels.values() for c in users]
         for ca_channel in channels:
-            ca_channel.close()
+            try:
+                ca_channel.close()
+            except Exception as err:  # noqa: BLE001 - the context must be closed regardless
+                _log.warning("Stopping the CA monitor of %s failed: %r", ca_channel.name, err)
         self._context.disconnect(wait=True)
         self._broadcaster.disconnect(wait=self.fast)  # stock: its back-off sleep can last 5 s

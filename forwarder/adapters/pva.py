@@ -219,9 +219,11 @@ class PvaChannel:
             return
         self._closed = True
         sub, self._sub = self._sub, None
-        if sub is not None:
-            sub.close()
-        self._monitors.release(self)
+        try:
+            if sub is not None:
+                sub.close()
+        finally:
+            self._monitors.release(self)  # forgotten whatever closing raised
 
 
 class PvaMonitors:
@@ -274,5 +276,8 @@ class PvaMonitors:
             self._closed = True
             channels = list(self._channels)
         for pva_channel in channels:
-            pva_channel.close()
+            try:
+                pva_channel.close()
+            except Exception as err:  # noqa: BLE001 - the context must be closed regardless
+                _log.warning("Stopping the PVA monitor of %s failed: %r", pva_channel.name, err)
         self.context.close()

@@ -424,6 +424,48 @@ def test_name_too_long_to_search_for_is_refused_and_others_still_connect(
     assert all(item[0] != too_long for item in monitors._broadcaster.unanswered_searches.values())
 
 
+def fill_socket(sock: Any) -> None:
+    """Fill a CA circuit's socket to a stopped IOC (zero bytes: CA version requests) until
+    it takes no more byte, also after a pause (the kernel may still make room)."""
+    import socket
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    accepted = 1
+    while accepted:
+        accepted = 0
+        for chunk in (bytes(4096), bytes(16), b"\0"):
+            try:
+                while True:
+                    accepted += sock.send(chunk)
+            except BlockingIOError:
+                pass
+        time.sleep(0.05)
+
+
+def test_close_goes_on_when_a_monitor_cannot_be_stopped(
+    env: dict[str, str], monitors: CaMonitors
+) -> None:
+    """Shutdown with a stalled IOC: cancelling its subscription raises on the full socket;
+    the other monitors are still stopped and the context is closed."""
+    import signal
+
+    with SoftIoc(SCALARS, env=env) as ioc:
+        rec = subscribe(monitors, "T:AI", "T:LO")
+        for listener in rec.values():
+            listener.wait_update()
+        (channel,) = monitors._channels["T:AI"]
+        assert ioc._proc is not None
+        os.kill(ioc._proc.pid, signal.SIGSTOP)
+        try:
+            fill_socket(channel.pv.circuit_manager.socket)
+            monitors.close()  # used to raise BlockingIOError, leaving the context open
+        finally:
+            os.kill(ioc._proc.pid, signal.SIGCONT)
+        assert monitors.channel_count() == 0
+        with pytest.raises(RuntimeError):
+            monitors.subscribe("T:AI", RecordingListener())
+
+
 def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
     env: dict[str, str], monitors: CaMonitors
 ) -> None:
@@ -431,7 +473,6 @@ def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
     that stopped reading fills it and the write raises BlockingIOError.  The core counts
     and reports that; the REMOVE itself completes, and the other PV keeps forwarding."""
     import signal
-    import socket
 
     from forwarder.core.forwarding import ForwardingCore, Subscribers
     from forwarder.core.streams import Protocol, StreamSpec
@@ -455,22 +496,10 @@ def test_stopping_a_monitor_of_a_stalled_ioc_is_counted_and_the_remove_goes_on(
         assert sink.of(b"f144")
         (ca_channel,) = monitors._channels["T:AI"]
         sock = ca_channel.pv.circuit_manager.socket
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         assert ioc._proc is not None
         os.kill(ioc._proc.pid, signal.SIGSTOP)
         try:
-            # Fill the socket (zero bytes: CA version requests) until it takes no more
-            # byte, also after a pause (the kernel may still make room).
-            accepted = 1
-            while accepted:
-                accepted = 0
-                for chunk in (bytes(4096), bytes(16), b"\0"):
-                    try:
-                        while True:
-                            accepted += sock.send(chunk)
-                    except BlockingIOError:
-                        pass
-                time.sleep(0.05)
+            fill_socket(sock)
             core.remove_stream(stalled)  # used to raise BlockingIOError
         finally:
             os.kill(ioc._proc.pid, signal.SIGCONT)
