@@ -51,7 +51,9 @@ class ForwarderCollector:
         configured: Callable[[], int],
         cluster: Callable[[], dict[str, Any] | None] | None = None,
         restore_pending: Callable[[], bool] | None = None,
+        subscribe_failed: Callable[[], int] | None = None,
     ) -> None:
+        self.subscribe_failed = subscribe_failed
         self.cluster = cluster
         self.core = core
         self.counters = counters
@@ -70,6 +72,13 @@ class ForwarderCollector:
                 "1 while the configuration could not be restored from the storage topic",
             )
             g.add_metric([], 1 if self.restore_pending() else 0)
+            yield g
+        if self.subscribe_failed is not None:
+            g = GaugeMetricFamily(
+                "forwarder_streams_subscribe_failed",
+                "Configured streams whose subscription failed (retried with back-off)",
+            )
+            g.add_metric([], self.subscribe_failed())
             yield g
         channels = list(self.core.channels.values())
         g = GaugeMetricFamily(

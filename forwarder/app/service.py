@@ -169,6 +169,7 @@ class ForwarderService:
             lambda: len(controller.registry),
             cluster=self.cluster.status if self.cluster is not None else None,
             restore_pending=lambda: controller.restore.pending,
+            subscribe_failed=lambda: len(controller.failed),
         )
 
     def start_carbon_reporter(self, address: str) -> None:

@@ -46,6 +46,7 @@ def served() -> Iterator[tuple[MetricsServer, ForwardingCore, dict[str, Any]]]:
         lambda: 7,
         lambda: len(core.outputs),
         restore_pending=lambda: bool(state["restore_pending"]),
+        subscribe_failed=lambda: int(state.get("failed", 0)),
     )
     def broken() -> tuple[bool, str]:
         if not state["healthy"]:
@@ -100,6 +101,9 @@ def test_metrics_are_read_at_scrape_time(
     assert _sample(text, "forwarder_pvs_connected") == 1
     assert 'reason="queue_full"} 3.0' in text
     assert _sample(text, "forwarder_restore_pending") == 1
+    state["failed"] = 2
+    _, text = _get(server, "/metrics")
+    assert _sample(text, "forwarder_streams_subscribe_failed") == 2
 
 
 def test_healthz_is_503_with_the_failing_checks_named(
