@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from forwarder.adapters.kafka_config import ConfigTopicConsumer, StorageTopicReader, TopicWriter
 from forwarder.adapters.kafka_endpoint import KafkaEndpoint
@@ -24,6 +24,10 @@ from forwarder.app.settings import Settings
 from forwarder.core.counters import ProcessCounters
 from forwarder.core.events import Monitors
 from forwarder.core.streams import Protocol
+
+if TYPE_CHECKING:  # imported where used, only when --http-port or Carbon is configured
+    from forwarder.adapters.carbon import CarbonReporter
+    from forwarder.adapters.http_metrics import ForwarderCollector, MetricsServer
 
 log = logging.getLogger("forwarder")
 
@@ -132,8 +136,8 @@ class ForwarderService:
             reporter=self.reporter,
             cluster=self.cluster,
         )
-        self.metrics_server: Any = None
-        self.carbon: Any = None
+        self.metrics_server: MetricsServer | None = None
+        self.carbon: CarbonReporter | None = None
 
     @staticmethod
     def _make_cluster(settings: Settings) -> ClusterMember:
@@ -158,7 +162,7 @@ class ForwarderService:
             self.start_carbon_reporter(self.settings.grafana_carbon_address)
         self.controller.run(self.stop_event)
 
-    def _collector(self) -> Any:
+    def _collector(self) -> ForwarderCollector:
         from forwarder.adapters.http_metrics import ForwarderCollector
 
         controller = self.controller
