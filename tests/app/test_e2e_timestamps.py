@@ -285,13 +285,20 @@ def test_timestamp_older_than_previous_is_dropped_by_both(ts: Setup) -> None:
         assert out.wait_value(ORDER, 1.0).timestamp_unix_ns == ts.initial_ns[ORDER]
     marks = {policy: out.mark() for policy, out in ts.out.items()}
     now = time.time_ns()
+    # One post at a time, each seen before the next: a PVA server may squash quick posts
+    # into the newest, and a squashed post would never reach the forwarder.
     ts.post(ORDER, 2.0, now)
+    for policy, out in ts.out.items():
+        out.wait_value(ORDER, 2.0, marks[policy])
     ts.post(ORDER, 3.0, now - 5 * NS)  # goes back in time: dropped
+    for policy in ts.out:
+        doc = ts.status[policy].wait(lambda d: stream_status(d, ORDER)["updates_dropped"] >= 1)
+        assert doc["counters"]["dropped"]["older_than_previous"] >= 1, policy
     ts.post(ORDER, 4.0, now)  # the same timestamp again is fine
+    for policy, out in ts.out.items():
+        out.wait_value(ORDER, 4.0, marks[policy])
     ts.post(ORDER, 5.0, now + 1_000)
     for policy, out in ts.out.items():
         out.wait_value(ORDER, 5.0, marks[policy])
         got = [(o.value, o.timestamp_unix_ns) for _, o in out.of(ORDER, "f144", marks[policy])]
         assert got == [(2.0, now), (4.0, now), (5.0, now + 1_000)], policy
-        doc = ts.status[policy].wait(lambda d: d["counters"]["dropped"]["older_than_previous"] >= 1)
-        assert stream_status(doc, ORDER)["updates_dropped"] >= 1
