@@ -145,8 +145,8 @@ def test_live_topic_is_read_without_waiting_for_a_quiet_end(kafka_bootstrap: str
 
 
 # -- storage topic, read from the end -----------------------------------------------------
-def _big_config(generation: int, streams: int = 6000) -> bytes:
-    """A stored configuration of `streams` streams (~1 MB before compression); names
+def _big_config(generation: int, streams: int = 10_000) -> bytes:
+    """A stored configuration of `streams` streams (~0.9 MB); names
     differ per generation so each message is a distinct, checkable configuration."""
     specs = [
         StreamSpec(f"GEN{generation}:SECTOR{i // 100}:DEVICE{i}:VALUE", "f144", "data", Protocol.CA)
@@ -175,8 +175,9 @@ def test_restore_reads_only_the_newest_of_a_long_history_of_large_configurations
     create_topic(kafka_bootstrap, topic, partitions=1)
     generations = 40
     payload_mb = len(_big_config(0)) / 1e6
-    assert payload_mb > 0.3
-    _writer_produce(kafka_bootstrap, topic, [_big_config(g) for g in range(generations)])
+    assert payload_mb > 0.8
+    # Uncompressed, so that the broker really holds ~36 MB of history.
+    produce(kafka_bootstrap, topic, [_big_config(g) for g in range(generations)], key=b"svc")
     reader = StorageTopicReader({"bootstrap.servers": kafka_bootstrap}, topic, timeout_s=20.0)
     started = time.monotonic()
     newest = next(iter(reader.newest_first()))
