@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from streaming_data_types.fbschemas.forwarder_config_update_fc00.Protocol import (
@@ -180,3 +181,37 @@ def test_stock_library_paths_forward_the_same(
         assert log.count("using stock caproto") == 1, log[-3000:]
         assert log.count("using p4p's public monitor") == 1, log[-3000:]
         h.assert_running()
+
+
+def test_stored_ca_name_too_long_does_not_break_ca_after_a_restart(
+    kafka_bootstrap: str,
+    ioc_env: dict[str, str],  # noqa: F811
+    make_reader: Callable[[str, str], Any],
+) -> None:
+    """A storage topic written before the fix holds such a stream: restoring it must not
+    break CA again; the other streams of the stored configuration are restored."""
+    from streaming_data_types.fbschemas.forwarder_config_update_fc00.Protocol import (
+        Protocol as P,
+    )
+    from streaming_data_types.forwarder_config_update_fc00 import StreamInfo, serialise_fc00
+
+    from tests.support.forwarder_process import ForwarderProcess
+    from tests.support.kafka import produce, unique_topic
+
+    too_long, good = "HARD:" + "S" * 55, "HARD:STORED"
+    storage, (topic,) = unique_topic("storage"), topics(1, "hard")
+    stored = serialise_fc00(
+        Fc00UpdateType.ADD,
+        [StreamInfo(too_long, "f144", topic, P.CA, 0), StreamInfo(good, "f144", topic, P.CA, 0)],
+    )
+    produce(kafka_bootstrap, storage, [stored])
+    with SoftIoc([Record(good, "ao", 6.5)], env=ioc_env):
+        fw = ForwarderProcess(kafka_bootstrap, epics=ioc_env, storage_topic=storage)
+        try:
+            fw.start()
+            reader = make_reader(kafka_bootstrap, topic)
+            reader.wait_for(lambda ms: bool(f144_of(ms, good)), WAIT)
+            assert [float(d.value) for _, d in f144_of(reader.messages, good)] == [6.5]
+            assert "59 characters" in fw.log()
+        finally:
+            fw.close()
