@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from forwarder.core.config_messages import (
@@ -37,6 +37,7 @@ from forwarder.core.stream_table import QueryError, StreamQuery, StreamTable
 from forwarder.core.streams import STREAM_SCHEMAS, Protocol, StreamFilter, StreamSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Nothing but our own files; no inline script or style, no framing, no form posts.
 CONTENT_SECURITY_POLICY = (
@@ -92,30 +93,39 @@ class ServiceInfo:
     extras: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
 
-class _CachedCheck:
-    """A slow boolean check answered from cache, refreshed by one background thread."""
+class BackgroundValue(Generic[T]):
+    """A slow lookup (a broker check, a read of the status topic) answered from cache.
 
-    def __init__(self, check: Callable[[], bool], interval_s: float) -> None:
-        self._check = check
+    `get()` returns at once: the last value (None before the first lookup finished), and
+    when that is older than `interval_s` it starts one background refresh.  So a page poll
+    never waits for an unreachable broker, and nothing is looked up while nobody asks.
+    """
+
+    def __init__(
+        self, lookup: Callable[[], T], interval_s: float, failed: T | None = None
+    ) -> None:
+        self._lookup = lookup
         self._interval_s = interval_s
-        self._value: bool | None = None
+        self._failed = failed
+        self._value: T | None = None
         self._checked = -1e18
         self._running = False
         self._lock = threading.Lock()
 
-    def get(self) -> bool | None:
+    def get(self) -> T | None:
         with self._lock:
             stale = time.monotonic() - self._checked >= self._interval_s
             if stale and not self._running:
                 self._running = True
-                threading.Thread(target=self._refresh, name="web-broker-check", daemon=True).start()
+                threading.Thread(target=self._refresh, name="web-lookup", daemon=True).start()
             return self._value
 
     def _refresh(self) -> None:
         try:
-            value = bool(self._check())
-        except Exception:  # noqa: BLE001 - a failing check means unreachable
-            value = False
+            value: T | None = self._lookup()
+        except Exception as err:  # noqa: BLE001 - a failed lookup is shown, not raised
+            log.debug("web page lookup failed: %s", err)
+            value = self._failed
         with self._lock:
             self._value = value
             self._checked = time.monotonic()
@@ -138,7 +148,7 @@ class WebUi:
         self.info = info
         self._token = admin_token.encode() if admin_token else None
         self._publish = publish
-        self._broker = _CachedCheck(info.broker_reachable, BROKER_CHECK_INTERVAL_S)
+        self._broker = BackgroundValue(info.broker_reachable, BROKER_CHECK_INTERVAL_S, False)
 
     def close(self) -> None:
         if self._on_close is not None:

@@ -289,3 +289,39 @@ def test_summary_carries_extra_sections_such_as_the_cluster() -> None:
     summary = reply_json(web.handle("GET", "/api/summary", {}))
     assert summary["cluster"] == {"group": "g1", "shards": [0, 2]}
     assert summary["other"] == {"error": "membership gone"}
+
+
+def test_background_value_never_makes_the_caller_wait() -> None:
+    import threading
+
+    from forwarder.adapters.web_ui import BackgroundValue
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> int:
+        calls.append(1)
+        release.wait(10)
+        return 42
+
+    value = BackgroundValue(slow, interval_s=60.0)
+    started = time.monotonic()
+    assert value.get() is None and value.get() is None  # one lookup running, not two
+    assert time.monotonic() - started < 1.0
+    release.set()
+    deadline = time.monotonic() + 10
+    while value.get() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert value.get() == 42 and len(calls) == 1  # fresh for interval_s: no new lookup
+
+    def failing() -> int:
+        raise OSError("broker down")
+
+    broken = BackgroundValue(failing, interval_s=60.0, failed=-1)
+    broken.get()
+    deadline = time.monotonic() + 10
+    while broken.get() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert broken.get() == -1

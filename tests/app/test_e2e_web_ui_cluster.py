@@ -103,6 +103,23 @@ def test_each_member_shows_its_share_of_the_cluster(
             assert group in text
             assert f"{len(own)} of {SHARDS}" in text
             assert f"of {len(PVS)} in the cluster" in text
+            # Every member, read from the status topic, with the shards it owns.
+            wanted = {
+                f"Member {other}": "shards " + ", ".join(str(x) for x in doc["cluster"]["shards"])
+                for other, doc in docs.items()
+            }
+            deadline = time.monotonic() + 20
+            while True:
+                terms = page.evaluate(
+                    """() => Object.fromEntries(Array.from(
+                        document.querySelectorAll('#sum-cluster dt')).map(dt =>
+                        [dt.textContent, dt.nextElementSibling.textContent]))"""
+                )
+                shown = {k: v.split(" · ")[0] for k, v in terms.items() if k.startswith("Member ")}
+                if shown == wanted:
+                    break
+                assert time.monotonic() < deadline, (shown, terms.get("Members"), wanted)
+                page.wait_for_timeout(200)
             page.locator("th[data-col=shard]").wait_for(timeout=10_000)
             rows = page.evaluate(
                 """() => Array.from(document.querySelectorAll('#rows tr')).map(tr =>

@@ -119,12 +119,12 @@ function renderSummary(s) {
   $("cluster-card").hidden = c === null;
   if (c !== null) {
     setList($("sum-cluster"), [
-      ["Group", c.group], ["This member", s.service_id], ["Member id", c.member_id],
+      ["Group", c.group], ["This member", s.service_id], ["Group member id", c.member_id],
       ["Shards owned", c.shards.length + " of " + c.shard_count + (c.shards.length ? " (" + c.shards.join(", ") + ")" : "")],
       ["Streams here", st.configured + " of " + (c.streams_configured === undefined ? "?" : c.streams_configured) + " in the cluster"],
       ["Rebalances", c.rebalances],
       ["Last hand-over", c.last_handover_s === null ? "–" : c.last_handover_s.toFixed(2) + " s"],
-    ]);
+    ].concat(clusterView(c.view)));
   }
   if (s.writable !== writable || (c !== null) !== clustered) {
     writable = s.writable;
@@ -135,6 +135,20 @@ function renderSummary(s) {
   $("config-topic").textContent = s.config_topic;
   fillSelect($("add-protocol"), s.protocols);
   fillSelect($("add-schema"), s.schemas);
+}
+
+// The members as the status topic shows them (read in the background; null until then).
+function clusterView(v) {
+  if (v === null || v === undefined) return [["Members", "reading the status topic…"]];
+  if (v.error) return [["Members", v.error, "bad"]];
+  const rows = v.members.map((m) => ["Member " + m.service_id,
+    "shards " + (m.shards.length ? m.shards.join(", ") : "none") + " · " + m.streams + " streams"]);
+  if (v.stale.length) rows.push(["Not reporting", v.stale.join(", "), "bad"]);
+  if (v.unowned_shards.length) {
+    rows.push(["Unowned shards", v.unowned_shards.join(", ") + " (" + v.unforwarded_streams + " streams not forwarded)", "bad"]);
+  }
+  if (v.doubly_owned.length) rows.push(["Claimed twice", v.doubly_owned.join(", "), "bad"]);
+  return rows;
 }
 
 function fillSelect(select, values) {

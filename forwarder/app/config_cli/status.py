@@ -54,7 +54,7 @@ class ServiceStatus:
         return doc
 
 
-def _decode_status(value: bytes, timestamp_ms: int) -> ServiceStatus | None:
+def decode_status(value: bytes, timestamp_ms: int) -> ServiceStatus | None:
     """None for anything that is not a readable x5f2 (status topics may be shared)."""
     if value[4:8] != b"x5f2":
         return None
@@ -118,7 +118,7 @@ def read_status(
         )
     newest: dict[str, ServiceStatus] = {}
     for record in contents.records:
-        found = _decode_status(record.value, record.timestamp_ms)
+        found = decode_status(record.value, record.timestamp_ms)
         if found is None or not accept(found.service_id):
             continue
         known = newest.get(found.service_id)
