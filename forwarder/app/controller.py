@@ -61,6 +61,9 @@ _MIN_WAIT_S = 0.02
 #: Seconds between attempts to subscribe a stream whose subscription failed.
 _SUBSCRIBE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 
+#: Failed subscriptions logged one by one per pass (config change or retry round).
+_FAILURES_LOGGED_PER_PASS = 10
+
 #: Seconds between attempts to read the storage topic while it cannot be read.
 _RESTORE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
@@ -160,6 +163,7 @@ class Controller:
         self._started = False
         #: Configured streams whose subscription failed, by stream key.
         self.failed: dict[tuple[str, str, str, Protocol], FailedStream] = {}
+        self._failures_in_pass = 0
         self.restore = RestoreState(pending=storage_reader is not None)
         #: Set by `run`: waits while a restore is pending end early on a signal.
         self._stop: threading.Event | None = None
@@ -246,9 +250,11 @@ class Controller:
             self._stop_stream(spec)
             log.log(level, "Removed stream %s", spec.describe())
         cluster = self.cluster
+        self._failures_in_pass = 0
         for spec in change.added + change.updated:
             if cluster is None or cluster.owns(spec):
                 self._start_stream(spec, level)
+        self._report_failures()
         if change:
             self.config_version += 1
             log.info(
@@ -302,9 +308,14 @@ class Controller:
         after 1, 2, 4 ... up to 60 s."""
         failure = self.failed.get(spec.key)
         now = self.clock.monotonic_ns()
+        # A broken EPICS set-up fails every stream: one line each for the first few of a
+        # pass, the rest summed up by `_report_failures`.
+        self._failures_in_pass += 1
+        loud = self._failures_in_pass <= _FAILURES_LOGGED_PER_PASS
         if failure is None:
             failure = self.failed[spec.key] = FailedStream(spec)
-            log.error(
+            log.log(
+                logging.ERROR if loud else logging.DEBUG,
                 "Cannot start stream %s: %s (retrying in %.0f s)",
                 spec.describe(),
                 err,
@@ -312,7 +323,8 @@ class Controller:
             )
         else:
             failure.spec = spec
-            log.warning(
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
                 "Stream %s still cannot start (attempt %d): %s",
                 spec.describe(),
                 failure.attempts + 1,
@@ -328,8 +340,22 @@ class Controller:
         if not self.failed:
             return
         due = [f for f in self.failed.values() if f.next_attempt_ns <= now]
+        if not due:
+            return
+        self._failures_in_pass = 0
         for failure in due:
             self._start_stream(failure.spec, logging.INFO)
+        self._report_failures()
+
+    def _report_failures(self) -> None:
+        extra = self._failures_in_pass - _FAILURES_LOGGED_PER_PASS
+        if extra > 0:
+            log.error(
+                "... and %d more streams cannot start (%d in all; see status)",
+                extra,
+                len(self.failed),
+            )
+        self._failures_in_pass = 0
 
     def _failed_status(self) -> list[dict[str, Any]]:
         return [

@@ -420,3 +420,20 @@ def test_failing_monitor_factory_is_retried_like_a_failed_subscription() -> None
     rig.controller.step()
     assert rig.controller.failed == {}
     assert rig.events == ["subscribe PV:C"]
+
+
+def test_many_failing_streams_log_a_few_lines_and_a_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = started()
+    specs = [StreamSpec(f"PV:F{i}", "f144", "data", Protocol.CA) for i in range(50)]
+    for spec in specs:
+        rig.factory.failing[spec.channel] = OSError("EPICS set-up broken")
+    with caplog.at_level("INFO", logger="forwarder"):
+        rig.send(msg(UpdateKind.ADD, specs))
+        rig.clock.advance(1.1)
+        rig.controller.step()
+    loud = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert len(loud) == 22  # 10 + summary at the ADD, 10 + summary at the first retry
+    assert "40 more streams cannot start (50 in all" in loud[10].getMessage()
+    assert last_status(rig)["summary"]["failed"] == 50
