@@ -575,9 +575,12 @@ class Controller:
             self.cluster.leave()
         left = self.sink.close(flush_timeout_s)
         self.undelivered = left
-        for writer in (self.status_writer, self.storage_writer):
+        # Status and storage share half a second (the storage message of a last change
+        # matters; a broker that is down must not cost half a second per writer).
+        writers_deadline = self.clock.monotonic_ns() + 500_000_000
+        for writer in (self.storage_writer, self.status_writer):
             if writer is not None:
-                writer.flush(0.5)
+                writer.flush(max(0.0, (writers_deadline - self.clock.monotonic_ns()) / 1e9))
         if left:
             log.error("%d messages not delivered (output broker unreachable?)", left)
         self.core.close()
