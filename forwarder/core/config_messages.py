@@ -275,10 +275,12 @@ CA_MAX_RECORD_NAME = 59
 def _problems(channel: str, schema: str, topic: str, protocol: int) -> list[str]:
     """Every reason the stream cannot be forwarded, so the operator fixes them in one go."""
     problems = []
-    if not channel:
-        problems.append("channel is empty")
-    elif " " in channel or not channel.isprintable():
-        problems.append("channel contains whitespace or control characters")
+    if not channel.strip(" "):
+        problems.append("channel is empty" if not channel else "channel is only spaces")
+    elif not channel.isprintable():
+        # Spaces are printable and allowed (the ESS forwarder accepts them, and a CA or PVA
+        # server may serve such a name); tabs, newlines, other separators are not.
+        problems.append("channel contains control characters or non-space whitespace")
     if protocol == Protocol.CA and len(channel.partition(".")[0]) > CA_MAX_RECORD_NAME:
         problems.append(
             f"CA record names are limited to {CA_MAX_RECORD_NAME} characters "

@@ -356,6 +356,35 @@ def test_bad_input_exits_2_with_one_clear_line(
     assert all(line.startswith("forwarder-config") for line in err.splitlines()), err
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_channel_names_with_spaces_from_arguments_and_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the forwarder accepts (spaces included), the tool accepts; a text file cannot
+    hold such a name, and says where it goes instead."""
+    monkeypatch.setenv("FORWARDER_CONFIG_TOPIC", f"{CLOSED}/cfg")  # --dry-run: never used
+    code, out, err = run(capsys, "add", HOSTILE, "--protocol", "fake", "--topic", "t", "--dry-run")
+    assert (code, err) == (0, ""), err
+    assert f"fake://{HOSTILE} -> t [f144]" in out
+    entry = {"channel": HOSTILE, "schema": "f144", "topic": "t", "protocol": "ca"}
+    for name, content in (
+        ("streams.json", json.dumps([entry])),
+        ("streams.yaml", f"- channel: '{HOSTILE}'\n  schema: f144\n  topic: t\n  protocol: ca\n"),
+    ):
+        code, out, err = run(capsys, "add", "--file", write(tmp_path, name, content), "--dry-run")
+        assert (code, err) == (0, ""), err
+        assert f"ca://{HOSTILE} -> t [f144]" in out
+    code, out, err = run(capsys, "remove", "<img src=x *", "--dry-run")
+    assert (code, err) == (0, ""), err
+    assert "channel=<img src=x * schema=(any)" in out
+    text = write(tmp_path, "spaces.txt", f"{HOSTILE} f144 t ca\n")
+    code, out, err = run(capsys, "add", "--file", text, "--dry-run")
+    assert code == 2
+    assert "got 6 field(s) (a channel with spaces goes in a JSON or YAML file)" in err
+
+
 def test_module_entry_point_has_no_traceback() -> None:
     base = [sys.executable, "-m", "forwarder.app.config_cli"]
     ok = subprocess.run(

@@ -109,7 +109,7 @@ def test_invalid_streams_are_rejected_and_valid_ones_of_the_same_message_kept() 
     buf = fc00(
         0,
         ("GOOD:1", "f144", "topic", 1, 0),
-        ("BAD CHANNEL", "f144", "topic", 1, 0),
+        ("   ", "f144", "topic", 1, 0),
         ("GOOD:2", "xyz1", "topic", 1, 0),
         ("GOOD:3", "f144", "bad topic!", 1, 0),
         ("GOOD:4", "f144", "topic", 9, 0),
@@ -126,7 +126,7 @@ def test_invalid_streams_are_rejected_and_valid_ones_of_the_same_message_kept() 
     reasons = dict(
         zip(
             [
-                "space",
+                "blank",
                 "schema",
                 "topic",
                 "protocol",
@@ -140,7 +140,7 @@ def test_invalid_streams_are_rejected_and_valid_ones_of_the_same_message_kept() 
             strict=True,
         )
     )
-    assert "'BAD CHANNEL'" in reasons["space"] and "whitespace" in reasons["space"]
+    assert "'   '" in reasons["blank"] and "channel is only spaces" in reasons["blank"]
     assert "'xyz1'" in reasons["schema"]
     assert "f144, f142, tdct, nttable_se00, nttable_senv, no_op, al00, ep01" in reasons["schema"]
     assert "'bad topic!'" in reasons["topic"] and "Kafka topic" in reasons["topic"]
@@ -149,10 +149,47 @@ def test_invalid_streams_are_rejected_and_valid_ones_of_the_same_message_kept() 
     assert "topic is empty" in reasons["empty_topic"]
     assert "Kafka topic" in reasons["long_topic"]
     assert "Kafka topic" in reasons["dotdot"]
-    assert "whitespace" in reasons["tab"]
+    assert "control characters" in reasons["tab"]
     for reason in command.rejected:
         assert "channel=" in reason and "schema=" in reason and "topic=" in reason
         assert "\n" not in reason
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_channels_with_spaces_are_accepted_as_the_ess_forwarder_does() -> None:
+    names = [HOSTILE, "IOC:TEMP SETPOINT", " LEADING", "TRAILING ", "A  B"]
+    buf = fc00(0, *[(name, "f144", "topic", 2, 0) for name in names])
+    command = decode_config_message(buf, False)
+    assert command.rejected == []
+    assert [s.channel for s in command.streams] == names
+    # And they survive the trip through the encoder (storage topic, forwarder-config).
+    specs = command.streams
+    again = decode_config_message(encode_config_message(UpdateKind.ADD, specs), False)
+    assert again.streams == specs
+
+
+@pytest.mark.parametrize(
+    "channel",
+    ["A\tB", "A\nB", "A\rB", "A\x00B", "A\x7fB", "A\u00a0B", "A\u2028B", "A\u200bB"],
+)
+def test_control_characters_and_other_whitespace_are_still_rejected(channel: str) -> None:
+    buf = fc00(0, ("GOOD", "f144", "topic", 1, 0), (channel, "f144", "topic", 1, 0))
+    command = decode_config_message(buf, False)
+    assert [s.channel for s in command.streams] == ["GOOD"]
+    (reason,) = command.rejected
+    assert "control characters" in reason and "\n" not in reason
+
+
+def test_ca_record_name_limit_counts_spaces_too() -> None:
+    ok = "A B".ljust(59, "x")
+    long = ok + "y"
+    buf = fc00(0, (ok, "f144", "t", 1, 0), (long + ".VAL", "f144", "t", 1, 0))
+    command = decode_config_message(buf, False)
+    assert [s.channel for s in command.streams] == [ok]
+    (reason,) = command.rejected
+    assert "limited to 59 characters (this one has 60)" in reason
 
 
 def test_topic_of_exactly_249_chars_is_legal() -> None:
@@ -190,15 +227,15 @@ def test_add_with_no_streams_is_an_error() -> None:
 
 
 def test_add_with_only_invalid_streams_is_an_error_quoting_the_reasons() -> None:
-    with pytest.raises(ConfigMessageError, match="ADD with no valid streams.*'BAD PV'"):
-        decode_config_message(rf5k(0, ("BAD PV", "f144", "t", 1)), False)
+    with pytest.raises(ConfigMessageError, match="ADD with no valid streams.*'BAD:PV'"):
+        decode_config_message(rf5k(0, ("BAD:PV", "nope", "t", 1)), False)
 
 
 def test_error_line_summarises_many_rejections() -> None:
-    rows = [(f"BAD {i}", "f144", "t", 1, 0) for i in range(10)]
+    rows = [(f"BAD:{i}", "f144", "bad topic", 1, 0) for i in range(10)]
     with pytest.raises(ConfigMessageError) as info:
         decode_config_message(fc00(0, *rows), False)
-    assert "(+7 more)" in str(info.value) and "BAD 9" not in str(info.value)
+    assert "(+7 more)" in str(info.value) and "BAD:9" not in str(info.value)
 
 
 def test_replace_with_only_invalid_streams_is_an_error() -> None:

@@ -149,6 +149,14 @@ def test_status_json_handles_unicode_channel_names() -> None:
     assert json.loads(text)["streams"][0]["channel_name"] == "ψ:température"
 
 
+def test_status_json_carries_hostile_names_verbatim() -> None:
+    hostile = '<img src=x onerror=alert(1)> "quoted" \\ back'
+    core, _ = make_core()
+    core.add_stream(StreamSpec(hostile, "f144", "t", Protocol.FAKE))
+    text = status_json(status_document(core, core.all_outputs(), core.counters, 0))
+    assert json.loads(text)["streams"][0]["channel_name"] == hostile
+
+
 def test_status_json_stays_under_the_size_limit_for_many_streams() -> None:
     import json as _json
 

@@ -86,9 +86,10 @@ def _text_streams(text: str, path: str) -> list[StreamSpec]:
             continue
         where = f"{path}:{number}"
         if len(content) not in (4, 5):
+            hint = " (a channel with spaces goes in a JSON or YAML file)" if content[5:] else ""
             raise UsageError(
                 f"{where}: expected `channel schema topic protocol [periodic]`,"
-                f" got {len(content)} field(s)"
+                f" got {len(content)} field(s){hint}"
             )
         streams.append(_spec(dict(zip(_STREAM_FIELDS, content, strict=False)), where))
     return streams
@@ -233,7 +234,8 @@ def add_stream_options(p: argparse.ArgumentParser, kind: UpdateKind) -> None:
         default=[],
         metavar="PATH",
         help="streams from a file: text lines `channel schema topic protocol [periodic]`"
-        " (# comments), or a JSON/YAML list of {channel, schema, topic, protocol, periodic}",
+        " (# comments), or a JSON/YAML list of {channel, schema, topic, protocol, periodic}"
+        " (needed for channels with spaces)",
     )
     p.add_argument(
         "--dry-run",
