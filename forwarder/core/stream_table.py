@@ -15,12 +15,16 @@ streams; they only take snapshots (`list(dict.values())`) of the core's dicts.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from forwarder.core.counters import Drop, ProcessCounters
 from forwarder.core.events import ConnectionState, Severity
@@ -459,6 +463,11 @@ def preview_payload(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
     from streaming_data_types import DESERIALISERS
 
     schema = payload[4:8].decode("ascii", "replace")
+    if schema == "f142":
+        try:
+            return format_value(_f142_value(payload), limit)
+        except Exception:  # noqa: BLE001 - a preview must never fail a page
+            return f"{schema} ({len(payload)} bytes)"
     decode = DESERIALISERS.get(schema)
     if decode is None:
         return f"{schema} ({len(payload)} bytes)"
@@ -475,6 +484,44 @@ def preview_payload(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
     if hasattr(decoded, "status"):  # ep01 streams
         return format_value(getattr(decoded.status, "name", decoded.status), limit)
     return f"{schema} ({len(payload)} bytes)"
+
+
+def _f142_value(payload: bytes) -> Any:
+    """The value of an f142 (LogData) message, read with the schema's generated classes.
+
+    Not `deserialise_f142`: streaming_data_types 0.27 (the newest) looks up `np.unicode_`
+    there, which NumPy 2 removed, so it fails for every scalar.  The generated table
+    classes only read the buffer.
+    """
+    from streaming_data_types.fbschemas.logdata_f142.LogData import LogData
+
+    log_data = LogData.GetRootAsLogData(payload, 0)
+    member = _f142_members().get(log_data.ValueType())
+    table = log_data.Value()
+    if member is None or table is None:
+        raise ValueError("f142 message without a value")
+    value = member()
+    value.Init(table.Bytes, table.Pos)
+    if hasattr(value, "ValueAsNumpy"):  # numeric arrays
+        return value.ValueAsNumpy()
+    if hasattr(value, "ValueLength"):  # ArrayString: no numpy view
+        return np.array([value.Value(i) for i in range(value.ValueLength())])
+    return value.Value()  # scalars and String
+
+
+@functools.cache
+def _f142_members() -> dict[int, type]:
+    """f142's Value union: member number -> generated table class (the module and class
+    are named after the member, e.g. `logdata_f142.ArrayDouble.ArrayDouble`)."""
+    from streaming_data_types.fbschemas.logdata_f142.Value import Value
+
+    members: dict[int, type] = {}
+    for name, number in vars(Value).items():
+        if name.startswith("_") or name == "NONE" or not isinstance(number, int):
+            continue
+        module = importlib.import_module(f"streaming_data_types.fbschemas.logdata_f142.{name}")
+        members[number] = getattr(module, name)
+    return members
 
 
 def format_value(value: Any, limit: int = PREVIEW_CHARS) -> str:

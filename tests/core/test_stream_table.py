@@ -14,6 +14,13 @@ from streaming_data_types.epics_connection_ep01 import ConnectionInfo, serialise
 from forwarder.core.counters import Drop, ProcessCounters
 from forwarder.core.events import ConnectionState
 from forwarder.core.forwarding import Channel, ForwardingCore, Subscribers
+from forwarder.core.serialise import (
+    F142Serialiser,
+    F144Serialiser,
+    Se00Serialiser,
+    SenvSerialiser,
+    TdctSerialiser,
+)
 from forwarder.core.stream_table import (
     MAX_PAGE_SIZE,
     QueryError,
@@ -279,6 +286,81 @@ def test_previews_are_short_and_say_the_length_of_arrays() -> None:
     assert preview_payload(b"\x00\x00\x00\x00zzzz" + bytes(8)) == "zzzz (16 bytes)"
     assert preview_payload(serialise_al00("X", 1, AlarmSeverity.MAJOR, "HIHI")) == "MAJOR HIHI"
     assert preview_payload(serialise_ep01(1, ConnectionInfo.CONNECTED, "X", "s")) == "CONNECTED"
+
+
+@pytest.fixture
+def numpy2_without_old_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tests.support.kafka.allow_f142_with_numpy2` may have given NumPy its removed
+    `unicode_` / `string_` back in this process (for decoding in other tests): take them
+    away again, so previews are checked as the forwarder runs, on a plain NumPy 2."""
+    for name in ("unicode_", "string_"):
+        monkeypatch.delattr(np, name, raising=False)
+
+
+T0 = 1_700_000_000_123_456_789
+TABLE_TIMES = np.array([T0, T0 + 1_000], dtype=np.int64)
+
+
+@pytest.mark.usefixtures("numpy2_without_old_names")
+@pytest.mark.parametrize(
+    ("serialiser", "value", "preview"),
+    [
+        (F144Serialiser, 3.5, "3.5"),
+        (F144Serialiser, -7, "-7"),
+        (F144Serialiser, True, "1"),
+        (F144Serialiser, np.float32(0.1), "0.1"),
+        (F144Serialiser, np.array([1, 2, 3], dtype=np.int16), "[1, 2, 3] (3)"),
+        (F142Serialiser, 3.5, "3.5"),
+        (F142Serialiser, -7, "-7"),
+        (F142Serialiser, 2**64 - 1, "18446744073709551615"),  # ULong
+        (F142Serialiser, True, "1"),
+        (F142Serialiser, np.float32(0.1), "0.1"),
+        (F142Serialiser, np.uint8(200), "200"),
+        (F142Serialiser, np.array([1.5, -2.5]), "[1.5, -2.5] (2)"),
+        (F142Serialiser, np.array([True, False]), "[1, 0] (2)"),
+        (
+            F142Serialiser,
+            np.arange(1000, dtype=np.int32),
+            "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, …] (1000)",
+        ),
+        (TdctSerialiser, np.array([0, 5], dtype=np.uint64), f"[{T0}, {T0 + 5}] (2)"),
+        (
+            Se00Serialiser,
+            {"value": np.array([1.5, 2.5]), "timestamp": TABLE_TIMES},
+            "[1.5, 2.5] (2)",
+        ),
+        (
+            Se00Serialiser,
+            {"value": np.array([4, 5], dtype=np.int32), "timestamp": TABLE_TIMES},
+            "[4, 5] (2)",
+        ),
+        (
+            SenvSerialiser,
+            {"value": np.array([1, -2], dtype=np.int64), "timestamp": TABLE_TIMES},
+            "[1, -2] (2)",
+        ),
+    ],
+)
+def test_previews_of_every_value_schema_the_forwarder_produces(
+    serialiser: Any, value: Any, preview: str
+) -> None:
+    payload = serialiser("IOC:PV").serialise(value, T0, 2, "HIHI")
+    assert payload is not None
+    assert preview_payload(payload) == preview
+
+
+@pytest.mark.usefixtures("numpy2_without_old_names")
+def test_an_f142_row_shows_its_value_and_a_broken_one_its_size() -> None:
+    core, channels, table, _ = make()
+    core.add_stream(StreamSpec("PV", "f142", "t", Protocol.CA))
+    channels["PV"].on_connection(ConnectionState.CONNECTED, time.time_ns())
+    update(channels["PV"], np.float64(21.5), severity=1, status="HIGH")
+    (row,) = table.streams(query())["rows"]
+    assert row["preview"] == "21.5"
+    payload = F142Serialiser("PV").serialise(np.arange(100.0), T0)
+    assert payload is not None
+    assert preview_payload(payload[:60]) == "f142 (60 bytes)"  # cut short: never an error
+    assert preview_payload(payload[:8]) == "f142 (8 bytes)"
 
 
 def test_order_is_reused_until_the_configuration_or_the_sample_changes() -> None:
