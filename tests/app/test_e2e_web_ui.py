@@ -30,8 +30,9 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "web-admin-token-4711"
 P = "WEBUI:"
-HOSTILE = '<img/src="x"/onerror=alert(1)>'  # no whitespace: a channel name the config accepts
-HOSTILE_WITH_SPACES = "<img src=x onerror=alert(1)>"  # rejected by the config rules
+HOSTILE = "<img src=x onerror=alert(1)>"  # exactly the issue's name
+#: Added through the page's form: quotes, an ampersand and a script element as well.
+HOSTILE_ADDED = '"><svg onload=alert(2)> & <script>alert(3)</script>'
 
 
 @dataclass
@@ -69,7 +70,8 @@ def web(kafka_bootstrap: str) -> Iterator[Setup]:
                 StreamSpec(f"{P}WF", "f144", data, Protocol.CA),
                 StreamSpec(f"{P}AI", "f144", data + "-pva", Protocol.PVA),
                 StreamSpec("FAKE:WEB:1", "f144", "webfake", Protocol.FAKE),
-                StreamSpec(HOSTILE, "f144", "webfake", Protocol.FAKE),
+                # f142: its preview is read without streaming_data_types' f142 decoder.
+                StreamSpec(HOSTILE, "f142", "webfake", Protocol.FAKE),
                 StreamSpec(f"{P}MISSING", "f144", data, Protocol.CA),  # served by nobody
             ]
             send_config(kafka_bootstrap, fp.config_topic, UpdateKind.ADD, streams)
@@ -86,6 +88,9 @@ class Page:
     def __init__(self, setup: Setup) -> None:
         self.page = setup.browser.new_page()
         self.dialogs: list[str] = []
+        #: Every dialog's type: the page itself opens only confirm(); an alert would be
+        #: script injected through a name or value.
+        self.dialog_types: list[str] = []
         self.errors: list[str] = []
         self.page.on("dialog", self._on_dialog)
         self.page.on("pageerror", lambda err: self.errors.append(str(err)))
@@ -93,6 +98,7 @@ class Page:
 
     def _on_dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
+        self.dialog_types.append(dialog.type)
         dialog.accept()  # the page's confirm() before a remove
 
     def rows(self) -> list[dict[str, str]]:
@@ -128,6 +134,7 @@ class Page:
 
     def close(self) -> None:
         assert self.errors == [], f"script errors on the page: {self.errors}"
+        assert set(self.dialog_types) <= {"confirm"}, f"dialogs opened: {self.dialogs}"
         self.page.close()
 
 
@@ -248,26 +255,60 @@ def test_filter_and_sort(web: Setup, page: Page) -> None:
 
 
 def test_hostile_names_render_as_text(web: Setup, page: Page) -> None:
-    rows = page.wait_rows(lambda rows: bool(by_channel(rows, HOSTILE)), 30, "the hostile PV")
-    assert by_channel(rows, HOSTILE)[0]["State"] == "CONNECTED" or rows
-    assert page.page.locator("img").count() == 0
+    def shown(rows: list[dict[str, str]]) -> bool:
+        hostile = by_channel(rows, HOSTILE)
+        return (
+            bool(hostile) and hostile[0]["State"] == "CONNECTED" and hostile[0]["Last value"] != ""
+        )
+
+    rows = page.wait_rows(shown, 30, "the hostile PV with a value")
+    (hostile,) = by_channel(rows, HOSTILE)
+    assert hostile["Schema"] == "f142"
+    assert 0.0 <= float(hostile["Last value"]) < 1.0  # a fake PV's value, not "f142 (N bytes)"
+    assert page.page.locator("img, svg, #rows script").count() == 0
     cell = page.page.locator("#rows td.channel", has_text="onerror").first
     assert cell.text_content() == HOSTILE
-    assert "&lt;img" in cell.inner_html()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in cell.inner_html()
 
-    # The same name with spaces is refused by the config rules; the page shows the
-    # server's error, which quotes the name, as text too.
-    page.page.click("#admin-details summary")
-    page.page.fill("#token", TOKEN)
-    page.page.fill("#add-channel", HOSTILE_WITH_SPACES)
-    page.page.select_option("#add-protocol", "FAKE")
-    page.page.fill("#add-topic", "webfake")
-    page.page.click("#add-button")
-    message = page.page.locator("#admin-message")
-    message.filter(has_text="Not changed").wait_for(timeout=10_000)
-    assert HOSTILE_WITH_SPACES in (message.text_content() or "")
-    assert page.page.locator("img").count() == 0
-    assert page.dialogs == []  # no alert() ran
+    # The filter takes the name (spaces and all) like any other.
+    page.page.fill("#filter", "<img src=x *")
+    page.wait_rows(lambda rows: [r["Channel"] for r in rows] == [HOSTILE], 10, "filtered")
+
+    # Added through the page's form: it reaches the config topic unchanged, then the table
+    # as text, and the row's remove button removes exactly it.
+    with TopicReader(web.bootstrap, web.forwarder.config_topic) as reader:
+        reader.wait_for(lambda ms: len(ms) >= 1, 10)
+        before = len(reader.messages)
+        page.page.click("#admin-details summary")
+        page.page.fill("#token", TOKEN)
+        page.page.fill("#add-channel", HOSTILE_ADDED)
+        page.page.select_option("#add-protocol", "FAKE")
+        page.page.select_option("#add-schema", "f144")
+        page.page.fill("#add-topic", "webhostile")
+        page.page.click("#add-button")
+        message = page.page.locator("#admin-message")
+        message.filter(has_text="Sent ADD").wait_for(timeout=10_000)
+        reader.wait_for(lambda ms: len(ms) > before, 10)
+        command = config_commands(reader)[-1]
+        assert command.streams == [StreamSpec(HOSTILE_ADDED, "f144", "webhostile", Protocol.FAKE)]
+        page.page.fill("#filter", "")
+        page.page.fill("#topic-filter", "webhostile")
+        rows = page.wait_rows(
+            lambda rows: (
+                [(r["Channel"], r["State"]) for r in rows] == [(HOSTILE_ADDED, "CONNECTED")]
+            ),
+            15,
+            "the stream added with a hostile name",
+        )
+        assert page.page.locator("img, svg, #rows script").count() == 0
+        page.page.click("#rows button.remove")
+        message.filter(has_text="Sent REMOVE").wait_for(timeout=10_000)
+        assert page.dialogs and HOSTILE_ADDED in page.dialogs[-1]  # confirm() shows it as text
+        reader.wait_for(lambda ms: len(ms) > before + 1, 10)
+        command = config_commands(reader)[-1]
+        assert command.filters == [StreamFilter(HOSTILE_ADDED, "f144", "webhostile")]
+        page.wait_rows(lambda rows: rows == [], 15, "the hostile stream gone")
+    assert set(page.dialog_types) == {"confirm"}  # no alert() ran
 
 
 def test_add_and_remove_with_the_token(web: Setup, page: Page) -> None:
