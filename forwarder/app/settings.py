@@ -337,7 +337,7 @@ class Settings:
     group_session_timeout_ms: int = option(
         "ms without heartbeats after which a cluster member's shards move to the others",
         int_in(1000, 300_000),
-        default=10_000,
+        default=6_000,
     )
     group_shards: int = option(
         "shards of a new cluster (an existing cluster keeps its coordination topic's count)",

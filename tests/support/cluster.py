@@ -154,6 +154,14 @@ class Cluster:
         self.status_reader.close()
         self.data.reader.close()
 
+    def group_log(self, last: int = 8) -> str:
+        """The last group-related log lines of every member (for failure messages)."""
+        lines = []
+        for name, fp in self.members.items():
+            mine = [x for x in fp.log().splitlines() if "group" in x.lower()]
+            lines += [f"{name}: {x}" for x in mine[-last:]]
+        return "\n".join(lines)
+
     def log_of(self, name: str) -> str:
         return self.members[name].log()
 
@@ -220,7 +228,7 @@ class Cluster:
                     f"cluster not settled on {members} members within {timeout:.0f} s: "
                     f"live {self.live()}, shards "
                     f"{ {n: self.shards_of(n) for n in self.live()} }, owners "
-                    f"{self.forwarded_by(since)}"
+                    f"{self.forwarded_by(since)}; group log lines:\n{self.group_log()}"
                 )
             if self.watch_data:
                 self.data.poll(0.2)
