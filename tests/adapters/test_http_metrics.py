@@ -48,6 +48,7 @@ def served() -> Iterator[tuple[MetricsServer, ForwardingCore, dict[str, Any]]]:
         restore_pending=lambda: bool(state["restore_pending"]),
         subscribe_failed=lambda: int(state.get("failed", 0)),
     )
+
     def broken() -> tuple[bool, str]:
         if not state["healthy"]:
             raise ZeroDivisionError("a check that fails")

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from forwarder.app.cluster import ClusterMember
 from forwarder.app.controller import Controller, ControllerSettings
 from forwarder.app.ports import StorageUnavailable, TimerHook
 from forwarder.core.config_messages import decode_config_message, encode_config_message
@@ -220,6 +221,7 @@ def make_rig(
     pv_update_period_ms: int | None = None,
     status_interval_ms: int = 4000,
     configure: Callable[[FakeMonitorFactory], None] | None = None,
+    cluster: ClusterMember | None = None,
 ) -> Rig:
     events: list[str] = []
     clock = FakeClock()
@@ -244,6 +246,7 @@ def make_rig(
         storage_writer=storage_writer,
         status_writer=status_writer,
         clock=clock,
+        cluster=cluster,
     )
     return Rig(controller, clock, sink, config, factory, storage_writer, status_writer, events)
 
@@ -252,3 +255,40 @@ def stored(kind_name: str, streams: list[StreamSpec]) -> bytes:
     from forwarder.core.config_messages import UpdateKind
 
     return encode_config_message(UpdateKind[kind_name], streams, "fc00")
+
+
+class FakeMembership:
+    """Stands in for the group adapter: the test plays the coordinator (`assign`)."""
+
+    group = "fake-group"
+    shard_count = 4
+    member_id = "member-1"
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.owned: frozenset[int] = frozenset()
+        self.on_change: Callable[[frozenset[int]], None] | None = None
+        self.rebalances = 0
+        self.sessions_lost = 0
+        self.joined = False
+        self.left = False
+        self.events = events if events is not None else []
+
+    def join(self) -> None:
+        self.joined = True
+        self.events.append("group join")
+
+    def poll(self) -> None:
+        pass
+
+    def leave(self) -> None:
+        self.left = True
+        self.events.append("group leave")
+        self.assign(frozenset())
+
+    def assign(self, shards: frozenset[int]) -> None:
+        """What librdkafka's assign/revoke callbacks would report."""
+        if shards != self.owned:
+            self.rebalances += 1
+        self.owned = shards
+        if self.on_change is not None:
+            self.on_change(shards)
