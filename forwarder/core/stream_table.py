@@ -179,6 +179,7 @@ class StreamTable:
         self._samples = 0  # how many samples were taken (the order cache's clock)
         self._current: _Sample | None = None
         self._previews: dict[StreamOutput, tuple[bytes, str]] = {}
+        self._f142_alarms: dict[StreamOutput, tuple[bytes, tuple[int, str]]] = {}
 
     # -- sampling -------------------------------------------------------------------------
     def _sample(self, outputs: list[StreamOutput]) -> None:
@@ -287,6 +288,9 @@ class StreamTable:
                 rate = self._rates(o)[0]
                 return -1.0 if rate is None else rate
 
+        elif query.sort == "severity":
+            alarm = self._alarm
+            key = lambda o: alarm(o)[0]  # noqa: E731
         elif query.sort == "shard":
             shard = self.shard_of
             if shard is None:
@@ -363,7 +367,7 @@ class StreamTable:
         self, out: StreamOutput, states: Mapping[StreamOutput, ConnectionState], now_ns: int
     ) -> dict[str, Any]:
         spec = out.spec
-        severity, status = out.alarm_state
+        severity, status = self._alarm(out)
         last = out.last_update_ns
         rate, drop_rate = self._rates(out)
         return {
@@ -385,6 +389,25 @@ class StreamTable:
             "problem": self._problem(out, states),
             "shard": None if self.shard_of is None else self.shard_of(spec.channel),
         }
+
+    def _alarm(self, out: StreamOutput) -> tuple[int, str]:
+        """(EPICS severity, status) of the stream: what its al00 messages said, or for f142
+        (which sends no al00: the alarm is inside every value message) what its last value
+        message says.  -1 when nothing is known."""
+        if out.spec.schema != "f142" or out.last_value is None:
+            return out.alarm_state
+        payload = out.last_value
+        cached = self._f142_alarms.get(out)
+        if cached is not None and cached[0] is payload:
+            return cached[1]
+        try:
+            alarm = f142_alarm(payload)
+        except Exception:  # noqa: BLE001 - a page must never fail on one message
+            alarm = out.alarm_state
+        if len(self._f142_alarms) > 4 * MAX_PREVIEW_SORT:
+            self._f142_alarms.clear()
+        self._f142_alarms[out] = (payload, alarm)
+        return alarm
 
     def _preview(self, out: StreamOutput) -> str:
         payload = out.last_value
@@ -507,6 +530,28 @@ def _f142_value(payload: bytes) -> Any:
     if hasattr(value, "ValueLength"):  # ArrayString: no numpy view
         return np.array([value.Value(i) for i in range(value.ValueLength())])
     return value.Value()  # scalars and String
+
+
+#: f142 AlarmSeverity (MINOR=0, MAJOR=1, NO_ALARM=2, INVALID=3) -> EPICS severity.
+_F142_SEVERITY_TO_EPICS = {0: 1, 1: 2, 2: 0, 3: 3}
+
+
+def f142_alarm(payload: bytes) -> tuple[int, str]:
+    """(EPICS severity, status name) carried in an f142 message, as the page shows alarms
+    of other schemas (severity 0..3, CA's condition name; a "NO_CHANGE" is -1)."""
+    from streaming_data_types.fbschemas.logdata_f142.LogData import LogData
+
+    log_data = LogData.GetRootAsLogData(payload, 0)
+    severity = _F142_SEVERITY_TO_EPICS.get(log_data.Severity(), -1)
+    status = _f142_status_names().get(log_data.Status(), str(log_data.Status()))
+    return severity, "" if severity < 0 else status
+
+
+@functools.cache
+def _f142_status_names() -> dict[int, str]:
+    from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
+
+    return {v: k for k, v in vars(AlarmStatus).items() if isinstance(v, int)}
 
 
 @functools.cache

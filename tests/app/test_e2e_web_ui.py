@@ -265,6 +265,7 @@ def test_hostile_names_render_as_text(web: Setup, page: Page) -> None:
     (hostile,) = by_channel(rows, HOSTILE)
     assert hostile["Schema"] == "f142"
     assert 0.0 <= float(hostile["Last value"]) < 1.0  # a fake PV's value, not "f142 (N bytes)"
+    assert hostile["Alarm"].startswith("NO_ALARM")  # f142 carries it in the value message
     assert page.page.locator("img, svg, #rows script").count() == 0
     cell = page.page.locator("#rows td.channel", has_text="onerror").first
     assert cell.text_content() == HOSTILE

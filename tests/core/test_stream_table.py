@@ -357,10 +357,28 @@ def test_an_f142_row_shows_its_value_and_a_broken_one_its_size() -> None:
     update(channels["PV"], np.float64(21.5), severity=1, status="HIGH")
     (row,) = table.streams(query())["rows"]
     assert row["preview"] == "21.5"
+    # f142 sends no al00: the alarm shown is the one inside the value message.
+    assert (row["severity"], row["alarm_status"]) == ("MINOR", "HIGH")
     payload = F142Serialiser("PV").serialise(np.arange(100.0), T0)
     assert payload is not None
     assert preview_payload(payload[:60]) == "f142 (60 bytes)"  # cut short: never an error
     assert preview_payload(payload[:8]) == "f142 (8 bytes)"
+
+
+def test_severity_sort_takes_f142_alarms_from_their_value_messages() -> None:
+    core, channels, table, _ = make()
+    for name, schema in [("F142:MAJOR", "f142"), ("F144:MINOR", "f144"), ("F142:NONE", "f142")]:
+        core.add_stream(StreamSpec(name, schema, "t", Protocol.CA))
+    update(channels["F142:MAJOR"], 1.0, severity=2, status="HIHI")
+    update(channels["F144:MINOR"], 1.0, severity=1, status="HIGH")
+    update(channels["F142:NONE"], 1.0)
+    result = table.streams(query(sort="severity"))
+    assert names(result) == ["F142:NONE", "F144:MINOR", "F142:MAJOR"]
+    alarms = [(r["severity"], r["alarm_status"]) for r in result["rows"]]
+    assert alarms == [("NO_ALARM", "NO_ALARM"), ("MINOR", "HIGH"), ("MAJOR", "HIHI")]
+    update(channels["F142:MAJOR"], 2.0, severity=3, status="something new")
+    row = table.streams(query(filter="F142:MAJOR"))["rows"][0]
+    assert (row["severity"], row["alarm_status"]) == ("INVALID", "UDF")  # f142 has no name
 
 
 def test_order_is_reused_until_the_configuration_or_the_sample_changes() -> None:
