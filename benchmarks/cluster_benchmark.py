@@ -74,6 +74,21 @@ class Sequences:
         return {"updates": total, "missed": missed, "duplicated": repeated}
 
 
+def member_counters(c: Cluster) -> tuple[int, int]:
+    """(updates received, updates or messages dropped) summed over the live members'
+    newest statuses: tells a loss inside the forwarders from one before them."""
+    c.poll_status(0.5)
+    received = dropped = 0
+    for name in c.live():
+        found = c.statuses.get(name)
+        if found is None:
+            continue
+        counters = found[1].get("counters", {})
+        received += int(counters.get("updates_received", 0))
+        dropped += sum(int(v) for v in counters.get("dropped", {}).values())
+    return received, dropped
+
+
 def configure(c: Cluster, names: list[str], topic: str, protocol: Protocol) -> None:
     specs = [StreamSpec(n, "f144", topic, protocol) for n in names]
     payloads = [
@@ -130,12 +145,14 @@ def run_rate(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
                 for rate in rates:
                     server.counters_rate(rate)  # type: ignore[attr-defined]
                     time.sleep(args.warmup)
+                    received0, dropped0 = member_counters(c)
                     posts0 = server.command("counters").get("posts", 0)
                     start_ns = time.time_ns()
                     time.sleep(args.seconds)
                     end_ns = time.time_ns()
                     posts1 = server.command("counters").get("posts", 0)
                     time.sleep(2.0)  # the last updates of the window reach Kafka
+                    received1, dropped1 = member_counters(c)
                     seq.add(recorder.take())
                     w = seq.window(start_ns, end_ns, [n.encode() for n in names])
                     expected = args.pvs * rate * (end_ns - start_ns) / 1e9
@@ -143,7 +160,10 @@ def run_rate(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
                            "generator_posted_per_s": round(
                                (posts1 - posts0) / ((end_ns - start_ns) / 1e9)),
                            "forwarded_per_s": round(w["updates"] / ((end_ns - start_ns) / 1e9)),
-                           "expected_updates": round(expected), **w}  # fmt: skip
+                           "expected_updates": round(expected),
+                           "members_received_per_s": round(
+                               (received1 - received0) / ((end_ns - start_ns) / 1e9 + 2.5)),
+                           "members_dropped": dropped1 - dropped0, **w}  # fmt: skip
                     say(f"{members} members at {args.pvs * rate:.0f}/s: {row}")
                     results.append(row)
                     seq.values.clear()
