@@ -235,6 +235,19 @@ class GroupMembership:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._waiting_since = None
         gained = {p.partition for p in partitions if p.topic == self.topic}
+        extra = {x for x in gained if x >= self.shard_count}
+        if extra:
+            # The topic grew after this member read its size: those partitions carry no
+            # PVs here (every PV maps below shard_count); restart members to use them.
+            log.error(
+                "group %r: coordination topic %r now has partitions %s beyond the %d shards "
+                "this member uses; ignoring them (restart the members to re-shard)",
+                self.group,
+                self.topic,
+                sorted(extra),
+                self.shard_count,
+            )
+            gained -= extra
         if gained:
             self._set(self.owned | gained, f"assigned shards {sorted(gained)}")
 

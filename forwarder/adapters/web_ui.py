@@ -101,9 +101,7 @@ class BackgroundValue(Generic[T]):
     never waits for an unreachable broker, and nothing is looked up while nobody asks.
     """
 
-    def __init__(
-        self, lookup: Callable[[], T], interval_s: float, failed: T | None = None
-    ) -> None:
+    def __init__(self, lookup: Callable[[], T], interval_s: float, failed: T | None = None) -> None:
         self._lookup = lookup
         self._interval_s = interval_s
         self._failed = failed

@@ -111,3 +111,16 @@ def test_member_cut_off_from_the_broker_drops_its_shards() -> None:
             assert m.sessions_lost == 1
         finally:
             m.leave()
+
+
+def test_partitions_beyond_the_shard_count_are_ignored(
+    kafka_bootstrap: str, make_member: Callable[..., GroupMembership]
+) -> None:
+    """A coordination topic grown after this member read its size (here: a member that
+    read 4 of its 6 partitions) must not crash the callback; the extra ones carry no PVs."""
+    group = unique_topic("grp")
+    create_topic(kafka_bootstrap, f"forwarder.{group}.shards", partitions=6)
+    m = make_member(group)
+    m.shard_count = 4
+    m.join()
+    poll_until([m], lambda: m.owned == frozenset(range(4)), 30)
