@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium for the operator web page's browser tests (tests/app/test_e2e_web_ui.py,
+# Debian's chromium for the operator web page's browser tests (tests/integration/app/test_e2e_web_ui.py,
 # driven headless by Playwright with executable_path=/usr/bin/chromium; Playwright's own
 # browser downloads are never used).  Needs root (CI runs as root); a no-op when installed.
 set -euo pipefail

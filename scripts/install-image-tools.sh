@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian's buildah and debootstrap for the image build-and-run test
-# (tests/deployment/test_images.py, built by scripts/buildah-images.sh).  Needs root (CI
+# (tests/integration/deployment/test_images.py, built by scripts/buildah-images.sh).  Needs root (CI
 # runs as root); a no-op when both are installed.
 set -euo pipefail
 if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then

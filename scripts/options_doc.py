@@ -3,7 +3,7 @@
 
 `Settings` (forwarder/app/settings.py) is the one definition of every option: its name,
 default, help and environment variable names.  The reference tables are generated from it
-so that they cannot drift; `tests/docs/test_options_doc.py` fails when they are stale.
+so that they cannot drift; `tests/unit/docs/test_options_doc.py` fails when they are stale.
 
     python scripts/options_doc.py           # rewrite the generated part of the page
     python scripts/options_doc.py --check   # exit 1 if the page is out of date
