@@ -59,7 +59,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import caproto as ca
@@ -76,7 +75,7 @@ try:  # private modules: a release that moved them gets the stock path, not a cr
 except ImportError as err:  # pragma: no cover - only with an untested caproto
     _IMPORT_PROBLEM = f"caproto's private modules changed ({err})"
 
-from forwarder.adapters._versions import STOCK_ENV, Releases, stock_forced, version_problem
+from forwarder.adapters._versions import FastPathGuard, Releases
 
 #: Largest TCP read handed to the parser at once.
 MAX_TCP_READ = 256 * 1024
@@ -87,20 +86,14 @@ _installed = False
 #: caproto releases the private parts below were tested with: [first, end).
 TESTED_CAPROTO: Releases = ((1, 3), (1, 4))
 
-_fast: bool | None = None
-
-
-def fast_paths() -> bool:
-    """Whether to use the private parts below (decided once per process, logged once)."""
-    global _fast
-    if _fast is None:
-        problem = f"{STOCK_ENV} is set" if stock_forced() else _IMPORT_PROBLEM
-        if problem is None:
-            problem = version_problem("caproto", metadata.version("caproto"), TESTED_CAPROTO)
-        _fast = problem is None
-        if problem is not None:
-            _log.warning("Channel Access: %s; using stock caproto (slower)", problem)
-    return _fast
+#: Whether to use the private parts below (decided once per process, logged once).
+fast_paths = FastPathGuard(
+    "caproto",
+    TESTED_CAPROTO,
+    _IMPORT_PROBLEM,
+    "Channel Access: %s; using stock caproto (slower)",
+    _log,
+)
 
 
 #: (payload after the 16-byte header, data count) -> None; runs on the socket thread.

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 from p4p import Value
 from p4p.client.raw import Context as RawContext
 
-from forwarder.adapters._versions import STOCK_ENV, Releases, stock_forced, version_problem
+from forwarder.adapters._versions import FastPathGuard, Releases
 
 try:  # a private module: a release that moved it gets the stock path, not a crash
     from p4p import _p4p
@@ -36,20 +35,14 @@ _log = logging.getLogger(__name__)
 #: p4p releases the private path was tested with: [first, end).
 TESTED_P4P: Releases = ((4, 3), (4, 4))
 
-_fast: bool | None = None
-
-
-def fast_paths() -> bool:
-    """Whether to use p4p's private monitor (decided once per process, logged once)."""
-    global _fast
-    if _fast is None:
-        problem = f"{STOCK_ENV} is set" if stock_forced() else _IMPORT_PROBLEM
-        if problem is None:
-            problem = version_problem("p4p", metadata.version("p4p"), TESTED_P4P)
-        _fast = problem is None
-        if problem is not None:
-            _log.warning("PV Access: %s; using p4p's public monitor (slower)", problem)
-    return _fast
+#: Whether to use p4p's private monitor (decided once per process, logged once).
+fast_paths = FastPathGuard(
+    "p4p",
+    TESTED_P4P,
+    _IMPORT_PROBLEM,
+    "PV Access: %s; using p4p's public monitor (slower)",
+    _log,
+)
 
 
 def monitor(context: RawContext, name: str, handler: Callable[[], None], request: Value) -> Any:

@@ -7,7 +7,9 @@ sets `STOCK_ENV`: then the adapters run the libraries' public API only.
 
 from __future__ import annotations
 
+import logging
 import os
+from importlib import metadata
 
 #: Set to 1 to run stock caproto and p4p even on a tested release.
 STOCK_ENV = "FORWARDER_STOCK_EPICS_CLIENTS"
@@ -39,3 +41,45 @@ def version_problem(library: str, installed: str, tested: Releases) -> str | Non
 def stock_forced() -> bool:
     """Whether the operator asked for the libraries' public API only."""
     return os.environ.get(STOCK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class FastPathGuard:
+    """Decides once per process whether a compat module may use its library's private
+    parts, and logs the reason once when it may not.
+
+    Callable, so a compat module exposes it as its `fast_paths()`; `reset()` forgets the
+    decision (tests change the environment or the reported version between calls).
+    """
+
+    def __init__(
+        self,
+        library: str,
+        tested: Releases,
+        import_problem: str | None,
+        fallback: str,
+        log: logging.Logger,
+    ) -> None:
+        self.library = library
+        self.tested = tested
+        self.import_problem = import_problem
+        #: Warning logged on the stock path, with one %s for the reason.
+        self.fallback = fallback
+        self.log = log
+        self._fast: bool | None = None
+
+    def __call__(self) -> bool:
+        """Whether the fast paths are to be used."""
+        if self._fast is None:
+            problem = f"{STOCK_ENV} is set" if stock_forced() else self.import_problem
+            if problem is None:
+                problem = version_problem(
+                    self.library, metadata.version(self.library), self.tested
+                )
+            self._fast = problem is None
+            if problem is not None:
+                self.log.warning(self.fallback, problem)
+        return self._fast
+
+    def reset(self) -> None:
+        """Forget the decision: the next call decides again."""
+        self._fast = None

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.adapters import _caproto_compat, _p4p_compat
+from forwarder.adapters import _caproto_compat, _p4p_compat, _versions
 from forwarder.adapters._versions import STOCK_ENV, stock_forced, version_problem
 
 ROOT = Path(__file__).resolve().parents[3] / "forwarder"
 COMPAT = {"_caproto_compat.py", "_p4p_compat.py"}
+
+
+def _forget(module: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the module's guard decide again now, and again after the test."""
+    guard = module.fast_paths  # type: ignore[attr-defined]
+    guard.reset()
+    monkeypatch.setattr(guard, "_fast", None)
 
 
 def _private_imports(path: Path) -> list[str]:
@@ -62,8 +69,8 @@ def test_untested_release_falls_back_to_the_stock_path_with_one_warning(
     module: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv(STOCK_ENV, raising=False)
-    monkeypatch.setattr(module, "_fast", None)
-    monkeypatch.setattr(module.metadata, "version", lambda _name: "99.0.0")  # type: ignore[attr-defined]
+    _forget(module, monkeypatch)
+    monkeypatch.setattr(_versions.metadata, "version", lambda _name: "99.0.0")  # type: ignore[attr-defined]
     with caplog.at_level(logging.WARNING):
         assert module.fast_paths() is False  # type: ignore[attr-defined]
         assert module.fast_paths() is False  # type: ignore[attr-defined]
@@ -76,9 +83,9 @@ def test_tested_release_uses_the_fast_paths_unless_stock_is_forced(
     module: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(STOCK_ENV, raising=False)
-    monkeypatch.setattr(module, "_fast", None)
+    _forget(module, monkeypatch)
     assert module.fast_paths() is True  # type: ignore[attr-defined]
-    monkeypatch.setattr(module, "_fast", None)
+    _forget(module, monkeypatch)
     monkeypatch.setenv(STOCK_ENV, "1")
     assert stock_forced()
     assert module.fast_paths() is False  # type: ignore[attr-defined]
