@@ -25,7 +25,7 @@ import flatbuffers
 import numpy as np
 from flatbuffers import number_types as nt
 
-from ._common import UnsupportedValue, unsupported
+from ._common import UnsupportedValue, field_position, follow, root_table, unsupported
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -100,6 +100,93 @@ class Templates(Protocol):
     def scalar(self, source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder: ...
 
     def array(self, source_name: str, dtype: np.dtype[Any]) -> Encoder: ...
+
+
+class PatchedTemplates:
+    """A schema's `Templates`: every encoder is one prebuilt message with a run of header
+    fields and the value patched in by one precompiled `struct.pack`.
+
+    `header` is that run's struct format: ``"q"`` (the timestamp: f144) or ``"Iq"`` (the
+    32-bit extra word, then the timestamp: f142's severity, status and timestamp);
+    `header_position(template)` finds where it starts and checks the schema's layout;
+    `value_slot` is the root table's slot of the value union.  The builder puts the value
+    table after the root table, and an array's vector last of all, which both checks
+    below rely on.
+    """
+
+    def __init__(
+        self,
+        schema: str,
+        members: Any,
+        finish: Finish,
+        header: str,
+        header_position: Callable[[bytes], int],
+        value_slot: int,
+    ) -> None:
+        if header not in ("q", "Iq"):
+            raise ValueError(f"unsupported template header {header!r}")
+        self.schema = schema
+        self._members = members
+        self._finish = finish
+        self._header = header
+        self._header_size = struct.calcsize("<" + header)
+        self._header_position = header_position
+        self._value_slot = value_slot
+
+    def _value_table(self, buf: bytes) -> int:
+        return follow(buf, field_position(buf, root_table(buf), self._value_slot))
+
+    def scalar(self, source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder:
+        """Build the scalar template for `dtype` and return a function patching it."""
+        code = MEMBERS[dtype][1]
+        buf = template_buffer(source_name, dtype, self._members, self._finish, array=False)
+        pos, hsize = self._header_position(buf), self._header_size
+        val_pos = field_position(buf, self._value_table(buf), 0)
+        size = struct.calcsize("<" + code)
+        if not pos + hsize <= val_pos:
+            raise RuntimeError(f"unexpected {self.schema} template layout")
+        pack = struct.Struct(
+            f"<{pos}s{self._header}{val_pos - pos - hsize}s{code}{len(buf) - val_pos - size}s"
+        ).pack
+        head, middle, tail = buf[:pos], buf[pos + hsize : val_pos], buf[val_pos + size :]
+        if self._header == "q":
+
+            def encode(value: Any, timestamp_ns: int, _extra: int) -> bytes:
+                return pack(head, timestamp_ns, middle, value, tail)
+
+            return encode
+
+        def encode_extra(value: Any, timestamp_ns: int, extra: int) -> bytes:
+            return pack(head, extra, timestamp_ns, middle, value, tail)
+
+        return encode_extra
+
+    def array(self, source_name: str, dtype: np.dtype[Any]) -> Encoder:
+        """Build the array template for little-endian `dtype`; the result takes 1-d arrays."""
+        buf = template_buffer(source_name, dtype, self._members, self._finish, array=True)
+        pos, hsize = self._header_position(buf), self._header_size
+        length_pos = follow(buf, field_position(buf, self._value_table(buf), 0))
+        if length_pos + 4 + 8 != len(buf) or not pos + hsize <= length_pos:
+            raise RuntimeError(f"unexpected {self.schema} array template layout")
+        pack = struct.Struct(f"<{pos}s{self._header}{length_pos - pos - hsize}sI").pack
+        head, middle = buf[:pos], buf[pos + hsize : length_pos]
+        if self._header == "q":
+
+            def encode(array: np.ndarray, timestamp_ns: int, _extra: int) -> bytes | None:
+                count = array.shape[0]
+                if not count:
+                    return None
+                return with_array_data(pack(head, timestamp_ns, middle, count), array)
+
+            return encode
+
+        def encode_extra(array: np.ndarray, timestamp_ns: int, extra: int) -> bytes | None:
+            count = array.shape[0]
+            if not count:
+                return None
+            return with_array_data(pack(head, extra, timestamp_ns, middle, count), array)
+
+        return encode_extra
 
 
 class LogDataSerialiser:

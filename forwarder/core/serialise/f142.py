@@ -17,25 +17,16 @@ and an unknown severity is INVALID rather than an error.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import flatbuffers
-import numpy as np
 from streaming_data_types.fbschemas.logdata_f142 import LogData as fb
 from streaming_data_types.fbschemas.logdata_f142.AlarmSeverity import AlarmSeverity
 from streaming_data_types.fbschemas.logdata_f142.AlarmStatus import AlarmStatus
 from streaming_data_types.fbschemas.logdata_f142.Value import Value
 
-from ._common import field_position, follow, root_table
-from ._logdata import (
-    MEMBERS,
-    Encoder,
-    LogDataSerialiser,
-    ScalarEncoder,
-    template_buffer,
-    with_array_data,
-)
+from ._common import field_position, root_table
+from ._logdata import LogDataSerialiser, PatchedTemplates
 
 _FILE_IDENTIFIER = b"f142"
 _VALUE_SLOT = 2
@@ -112,55 +103,7 @@ def _alarm_and_timestamp(buf: bytes) -> int:
     return sev
 
 
-class _F142Templates:
-    schema = "f142"
-
-    @staticmethod
-    def scalar(source_name: str, dtype: np.dtype[Any]) -> ScalarEncoder:
-        """Build the scalar template for `dtype` and return a function patching it."""
-        code = MEMBERS[dtype][1]
-        buf = template_buffer(source_name, dtype, Value, _finish, array=False)
-
-        sev_pos = _alarm_and_timestamp(buf)
-        value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
-        val_pos = field_position(buf, value_table, 0)
-        size = struct.calcsize("<" + code)
-        if not sev_pos + 12 <= val_pos:
-            raise RuntimeError("unexpected f142 template layout")
-        pack = struct.Struct(
-            f"<{sev_pos}sIq{val_pos - sev_pos - 12}s{code}{len(buf) - val_pos - size}s"
-        ).pack
-        head, middle = buf[:sev_pos], buf[sev_pos + 12 : val_pos]
-        tail = buf[val_pos + size :]
-
-        def encode(value: Any, timestamp_ns: int, alarm: int) -> bytes:
-            return pack(head, alarm, timestamp_ns, middle, value, tail)
-
-        return encode
-
-    @staticmethod
-    def array(source_name: str, dtype: np.dtype[Any]) -> Encoder:
-        """Build the array template for little-endian `dtype`; the result takes 1-d arrays."""
-        buf = template_buffer(source_name, dtype, Value, _finish, array=True)
-
-        sev_pos = _alarm_and_timestamp(buf)
-        value_table = follow(buf, field_position(buf, root_table(buf), _VALUE_SLOT))
-        length_pos = follow(buf, field_position(buf, value_table, 0))
-        if length_pos + 4 + 8 != len(buf) or not sev_pos + 12 <= length_pos:
-            raise RuntimeError("unexpected f142 array template layout")
-        pack = struct.Struct(f"<{sev_pos}sIq{length_pos - sev_pos - 12}sI").pack
-        head, middle = buf[:sev_pos], buf[sev_pos + 12 : length_pos]
-
-        def encode(array: np.ndarray, timestamp_ns: int, alarm: int) -> bytes | None:
-            count = array.shape[0]
-            if not count:
-                return None
-            return with_array_data(pack(head, alarm, timestamp_ns, middle, count), array)
-
-        return encode
-
-
-_TEMPLATES = _F142Templates()
+_TEMPLATES = PatchedTemplates("f142", Value, _finish, "Iq", _alarm_and_timestamp, _VALUE_SLOT)
 #: Status text -> the patched alarm word for each EPICS severity 0..3, precomputed so an
 #: update only looks its word up (no int is built per update).
 _ALARM_WORDS: dict[str, tuple[int, int, int, int]] = {
