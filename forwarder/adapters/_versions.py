@@ -72,9 +72,7 @@ class FastPathGuard:
         if self._fast is None:
             problem = f"{STOCK_ENV} is set" if stock_forced() else self.import_problem
             if problem is None:
-                problem = version_problem(
-                    self.library, metadata.version(self.library), self.tested
-                )
+                problem = version_problem(self.library, metadata.version(self.library), self.tested)
             self._fast = problem is None
             if problem is not None:
                 self.log.warning(self.fallback, problem)

@@ -146,6 +146,11 @@ def _cluster_metrics(part: dict[str, Any]) -> Iterator[Any]:
     for name, key, doc in (
         ("forwarder_group_rebalances", "rebalances", "Changes of this member's shard set"),
         ("forwarder_group_sessions_lost", "sessions_lost", "Group sessions lost (cut off)"),
+        (
+            "forwarder_group_join_retries",
+            "join_retries",
+            "Joins without any assignment for max(20 s, 2 sessions), retried",
+        ),
         ("forwarder_group_handovers", "handovers", "Shard hand-overs to this member"),
         (
             "forwarder_group_handover_seconds",

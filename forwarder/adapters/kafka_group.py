@@ -178,14 +178,22 @@ class GroupMembership:
 
     def _retry_join(self) -> None:
         """A join that got no assignment at all (not even an empty one) for far longer
-        than a rebalance takes: seen with the test broker (Tansu) now and then when a new
-        set of members joins a group whose members all left.  Join again as a new member
-        (a fresh consumer, hence a fresh member id); nothing is owned meanwhile."""
+        than a rebalance takes.  Join again as a new member (a fresh consumer, hence a
+        fresh member id); nothing is owned meanwhile, and the warning repeats every
+        `_join_limit_s` for as long as it lasts, so a stuck group is never silent.
+
+        A fresh member id is all a client can change.  It does not clear the Tansu 0.6
+        fault documented in docs/how-to/clustering.md ("A group stuck after its leader
+        left"), where the coordinator names a departed member as the leader of every
+        later round, so no member gets an assignment until the broker restarts."""
         self.join_retries += 1
         log.warning(
-            "group %r: no assignment %.0f s after joining; joining again as a new member",
+            "group %r: no assignment %.0f s after joining (attempt %d); joining again as a "
+            "new member.  If this repeats, the group coordinator is stuck: see 'A group "
+            "stuck after its leader left' in docs/how-to/clustering.md",
             self.group,
             self._join_limit_s,
+            self.join_retries,
         )
         try:
             self._consumer.close()

@@ -34,6 +34,8 @@ class Membership(Protocol):
     owned: frozenset[int]
     rebalances: int
     sessions_lost: int
+    #: Joins that got no assignment for far longer than a rebalance and were retried.
+    join_retries: int
     on_change: Callable[[frozenset[int]], None] | None
 
     @property
@@ -197,6 +199,7 @@ class ClusterMember:
             "shards": sorted(self.ownership.shards),
             "rebalances": m.rebalances,
             "sessions_lost": m.sessions_lost,
+            "join_retries": m.join_retries,
             "handovers": self.handovers,
             "handovers_incomplete": self.handovers_incomplete,
             "handover_seconds_sum": round(self.handover_seconds_sum, 3),

@@ -269,6 +269,7 @@ class FakeMembership:
         self.on_change: Callable[[frozenset[int]], None] | None = None
         self.rebalances = 0
         self.sessions_lost = 0
+        self.join_retries = 0
         self.joined = False
         self.left = False
         self.events = events if events is not None else []

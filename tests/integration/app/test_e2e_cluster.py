@@ -146,9 +146,15 @@ def test_config_changes_while_members_come_and_go_and_restore(
         removed_at = time.time() * 1000 + 1000
         c.data.poll(1.5)
         assert not any(c.data.since(p, removed_at) for p in first[:4])
-        # Stored by one member (the owner of shard 0); a new cluster restores it.
-        for name in c.live():
-            c.members[name].stop(signal.SIGTERM)
+        # Stored by one member (the owner of shard 0); a new cluster restores it.  The old
+        # members stop one after the other, each once the hand-over before it is complete:
+        # Tansu 0.6 keeps a departed leader as the leader of a rebalance that is forming
+        # when it leaves, and the group then never assigns again (docs/how-to/clustering.md,
+        # "A group stuck after its leader left"); Kafka has no such fault.
+        first_out, last_out = c.live()
+        c.members[first_out].stop(signal.SIGTERM)
+        c.wait_settled(wanted, members=1, timeout=60)
+        c.members[last_out].stop(signal.SIGTERM)
     finally:
         c.close()
     restored = Cluster(

@@ -18,6 +18,7 @@ class Membership:
     shard_count = 4
     rebalances = 0
     sessions_lost = 0
+    join_retries = 0
     member_id = "m-1"
 
     def __init__(self) -> None:
@@ -97,3 +98,11 @@ def test_leaving_does_not_unsubscribe_pv_by_pv() -> None:
     assert membership.left
     assert len(core.outputs) == count  # the shutdown closes them after the hand-over
     assert member.ownership.shards == frozenset()
+
+
+def test_retried_joins_are_reported_in_status() -> None:
+    """A group that never assigns anything must be visible from outside the log."""
+    member, membership, _, _, _ = make()
+    assert member.status()["join_retries"] == 0
+    membership.join_retries = 3
+    assert member.status()["join_retries"] == 3
