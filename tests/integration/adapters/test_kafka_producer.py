@@ -46,8 +46,11 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     assert time.monotonic() - started < 0.5
     assert accepted == [True] * 10 + [False] * 30
     assert counters.drops[Drop.QUEUE_FULL] == 30
-    assert sink.queue_length() == 10
+    # The gauge is librdkafka's out-queue: the 10 messages plus any pending error events
+    # of the refused connection attempts (12 was seen), never fewer than the messages.
+    assert sink.queue_length() >= 10
     assert not sink.broker_reachable(timeout_s=0.5)
+    # What is lost at close is counted per message, not per out-queue entry.
     assert sink.close(0.5) == 10
     assert counters.drops[Drop.DELIVERY_FAILED] == 10
 
