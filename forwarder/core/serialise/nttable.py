@@ -15,6 +15,7 @@ schemas update at table rate, not at value rate, so the library builders are use
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +29,9 @@ _SE00_VALUE_KINDS = "iuf"
 _SENV_VALUE_KINDS = "iu"
 
 
-class _TableSerialiser:
+class _TableSerialiser(ABC):
+    """Shared table checks; `_encode` (se00 or senv) is the one part that differs."""
+
     schema = ""
 
     __slots__ = ("source_name", "_counter")
@@ -47,8 +50,8 @@ class _TableSerialiser:
             return None
         return self._encode(*columns)
 
-    def _encode(self, values: np.ndarray, timestamps: np.ndarray) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode(self, values: np.ndarray, timestamps: np.ndarray) -> bytes: ...
 
     def _columns(self, value: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """(values, timestamps) of a table, None when it has no rows; else raise."""
