@@ -14,7 +14,8 @@ What is here:
   with it every later search of the process); one failing address no longer stops the
   others.
 * `InlineContext`: circuits that run callbacks inline instead of in an unbounded
-  per-circuit thread pool.
+  per-circuit thread pool; a server that fails the circuit (refused, hung handshake) no
+  longer ends the thread that connects every searched PV.
 * `time_meta_size`: the size of a DBR_TIME_* header, for the adapter's fast decoders.
 * A linear-time, bounded receive path with a fast path for monitor updates (below).
 
@@ -76,6 +77,7 @@ except ImportError as err:  # pragma: no cover - only with an untested caproto
     _IMPORT_PROBLEM = f"caproto's private modules changed ({err})"
 
 from forwarder.adapters._versions import FastPathGuard, Releases
+from forwarder.core.ratelimit import RepeatLimiter
 
 #: Largest TCP read handed to the parser at once.
 MAX_TCP_READ = 256 * 1024
@@ -290,6 +292,28 @@ class _InlineExecutor:
 _INLINE = _InlineExecutor()
 
 
+class _CircuitFailures:
+    """Warns of failed CA circuits, at most once a minute per reason (a hung IOC fails
+    every attempt), with how many were held back."""
+
+    def __init__(self) -> None:
+        self._limiter = RepeatLimiter(60.0, max_keys=1000)
+
+    def warn(self, reason: str) -> None:
+        admitted = self._limiter.admit(reason)
+        if admitted is not None:
+            held_back = admitted[0]
+            _log.warning(
+                "CA: connecting to a server that answered a search failed (%s)%s; "
+                "searching again for the PVs that were waiting on it",
+                reason,
+                f" ({held_back} more since the last report)" if held_back else "",
+            )
+
+
+_circuit_failures = _CircuitFailures()
+
+
 class Broadcaster(SharedBroadcaster):  # type: ignore[misc]
     """Re-sends unanswered searches soon after a new or restarted server is seen.
 
@@ -406,7 +430,49 @@ class Broadcaster(SharedBroadcaster):  # type: ignore[misc]
 
 
 class InlineContext(Context):  # type: ignore[misc]
-    """caproto Context whose circuits deliver callbacks inline (see module docstring)."""
+    """caproto Context whose circuits deliver callbacks inline (see module docstring), and
+    whose search-results thread survives a server that fails the connection.
+
+    caproto makes the TCP circuit to a server that answered a search on that thread, and
+    lets any error there end it: a server that refuses the connection (it died after
+    answering) or does not finish the handshake within caproto's timeout (hung, or just
+    slow on a loaded host) left every PV searched afterwards unconnected, for the life of
+    the process.  Here the thread goes on, and the PVs that the failure left without a
+    circuit (the one being connected, and any whose search answer was dropped with it)
+    are searched for again.
+    """
+
+    #: Pause before searching again after a failed circuit (a server failing every
+    #: connection at once must not make this spin).
+    RESEARCH_PAUSE_S = 0.5
+
+    def _process_search_results_loop(self) -> None:
+        while not self._close_event.is_set():
+            try:
+                super()._process_search_results_loop()
+                return
+            except Exception as err:  # noqa: BLE001 - this thread must outlive any server
+                _circuit_failures.warn(str(err))
+                if self._close_event.wait(self.RESEARCH_PAUSE_S):
+                    return
+                self._search_again_without_circuit()
+
+    def _search_again_without_circuit(self) -> None:
+        """Search again for every PV that is neither connected, nor on a live circuit, nor
+        still being searched for (no duplicate searches, however often servers fail)."""
+        broadcaster = self.broadcaster
+        with broadcaster._search_lock:
+            searching = {item[0] for item in broadcaster.unanswered_searches.values()}
+        with self.pv_cache_lock:
+            keys = [
+                key
+                for key, pv in self.pvs.items()
+                if key[0] not in searching
+                and not pv.connected
+                and (pv.circuit_manager is None or pv.circuit_manager.dead.is_set())
+            ]
+        if keys:
+            self.reconnect(keys)
 
     def get_circuit_manager(self, address: Any, priority: int) -> Any:
         with self._lock_during_get_circuit_manager:

@@ -76,6 +76,26 @@ def merge_partitions(fetched: list[tuple[int, int, bytes]]) -> list[bytes]:
     return [value for _, value in merged]
 
 
+def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float = 5.0) -> int:
+    """The partition's end now, as a concrete offset (OFFSET_END if the broker does not say).
+
+    Assigning at the logical OFFSET_END is not the same: the consumer asks the broker
+    where the end is later, on its own thread, and skips whatever was produced in
+    between, such as the first config message sent to a forwarder that just said it was
+    ready.  Some brokers (Tansu) count batches here, which can put this end below the
+    real one; the config consumer then re-reads a few messages, which it skips by their
+    timestamps.
+    """
+    try:
+        _low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s, cached=False
+        )
+    except (KafkaException, RuntimeError) as err:
+        log.warning("topic %r [%d]: end offset not known (%s)", topic, partition, err)
+        return OFFSET_END
+    return int(high) if high is not None and high >= 0 else OFFSET_END
+
+
 class ConfigTopicConsumer:
     """Yields raw config messages from every partition of the config topic."""
 
@@ -146,8 +166,8 @@ class ConfigTopicConsumer:
         start: list[TopicPartition] = []
         for tp in found:
             offset = tp.offset
-            if offset < 0:
-                offset = OFFSET_END  # nothing produced since we started
+            if offset < 0:  # nothing produced since we started: from the end as it is now
+                offset = end_offset(self._consumer, self.topic, tp.partition)
             start.append(TopicPartition(self.topic, tp.partition, offset))
         self._consumer.incremental_assign(start)
         self._assigned.update(new)
@@ -320,7 +340,15 @@ def read_topic(
                     timeout=max(0.1, deadline - time.monotonic()),
                 )
                 starts = [
-                    TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                    TopicPartition(
+                        topic,
+                        tp.partition,
+                        tp.offset
+                        if tp.offset >= 0
+                        else end_offset(
+                            consumer, topic, tp.partition, max(0.1, deadline - time.monotonic())
+                        ),
+                    )
                     for tp in found_at
                 ]
             except KafkaException:

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import caproto as ca
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
 
@@ -402,30 +404,58 @@ class CaRepeater:
         self.port = int(self.env["EPICS_CA_REPEATER_PORT"])
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> CaRepeater:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.repeater_script", str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env(self.env),
-            cwd=str(REPO_ROOT),
-        )
-        deadline = time.monotonic() + timeout
-        while self._port_free():  # the repeater holds the UDP port once it is up
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServerError("CA repeater did not start")
-            time.sleep(0.02)
-        return self
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> CaRepeater:
+        """Start it and wait until it holds its port.
 
-    def _port_free(self) -> bool:
+        A repeater that finds its port taken exits at once, taking it for another
+        repeater; on a busy host a client's short-lived ephemeral UDP socket can hold
+        the port for a moment.  So an early exit is retried, and the last one's output
+        is in the error.
+        """
+        deadline = time.monotonic() + timeout
+        output = ""
+        exited = False
+        for _ in range(attempts):
+            with tempfile.TemporaryFile() as out:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "tests.support.repeater_script", str(os.getpid())],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(self.env),
+                    cwd=str(REPO_ROOT),
+                )
+                while not self._confirms():
+                    if self._proc.poll() is not None or time.monotonic() > deadline:
+                        break
+                else:
+                    return self
+                exited = self._proc.poll() is not None
+                self.stop()
+                out.seek(0)
+                output = out.read().decode(errors="replace")[-2000:]
+            if not exited:
+                break  # out of time: another attempt would not have any
+        why = f"it exited {attempts} times (port taken?)" if exited else f"no answer in {timeout} s"
+        raise ServerError(f"CA repeater on UDP port {self.port} did not start: {why}\n{output}")
+
+    def _confirms(self, wait_s: float = 0.1) -> bool:
+        """Whether a repeater answers a client's registration on the port (holding the
+        port proves nothing: any socket may hold it)."""
+        broadcaster = ca.Broadcaster(our_role=ca.CLIENT)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOCALHOST, 0))
+            sock.settimeout(wait_s)
             try:
-                sock.bind((LOCALHOST, self.port))
-            except OSError:
+                sock.sendto(
+                    broadcaster.send(broadcaster.register(LOCALHOST)), (LOCALHOST, self.port)
+                )
+                data, address = sock.recvfrom(1024)
+            except OSError:  # timed out; or refused (ICMP port unreachable): nobody there
+                time.sleep(wait_s)
                 return False
-        return True
+        replies = broadcaster.recv(data, address)
+        return any(isinstance(reply, ca.RepeaterConfirmResponse) for reply in replies)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -28,7 +28,7 @@ from forwarder.adapters.ca import (
     status_text,
 )
 from forwarder.core.events import ConnectionState
-from tests.support.ca_wire import wire
+from tests.support.ca_wire import BrokenCaServer, wire
 from tests.support.epics_servers import (
     CaprotoServer,
     CaRepeater,
@@ -526,3 +526,60 @@ def test_large_waveform_spanning_many_reads_arrives_intact(
             value = listener.wait_update(filled).value
             assert value.dtype == np.float64 and len(value) == n
             assert np.array_equal(value, np.arange(n) + start)
+
+
+@pytest.mark.parametrize("refuse", [True, False], ids=["refused", "hung"])
+def test_a_server_that_fails_the_circuit_does_not_stop_other_pvs_connecting(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, refuse: bool
+) -> None:
+    """A server answers the search, then refuses the connection (it died meanwhile) or
+    never completes the handshake (hung).  caproto let that error end the thread that
+    connects every searched PV, so no CA PV of the process connected after it."""
+    broken = BrokenCaServer(["BROKEN:PV"], refuse=refuse)
+    monkeypatch.setenv("EPICS_CA_ADDR_LIST", f"127.0.0.1 127.0.0.1:{broken.udp_port}")
+    try:
+        with CaRepeater(env):
+            monitors = CaMonitors()
+            try:
+                broken_listener = subscribe(monitors, "BROKEN:PV")["BROKEN:PV"]
+                deadline = time.monotonic() + 15
+                while not broken.answered:
+                    assert time.monotonic() < deadline, "the client never searched"
+                    time.sleep(0.05)
+                with SoftIoc(SCALARS, env=env) as ioc:
+                    listener = subscribe(monitors, "T:AI")["T:AI"]
+                    assert listener.wait_update(timeout=20).value == 1.5
+                    ioc.put("T:AI", 2.5)
+                    listener.wait_value(2.5)
+                assert ConnectionState.CONNECTED not in broken_listener.state_list()
+            finally:
+                monitors.close()
+    finally:
+        broken.close()
+
+
+def test_failed_circuits_do_not_multiply_searches(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed circuit only PVs nobody searches for any more are searched again: a
+    server failing every attempt must not add a search per waiting PV each time."""
+    broken = BrokenCaServer(["BROKEN:PV"], refuse=True)
+    monkeypatch.setenv("EPICS_CA_ADDR_LIST", f"127.0.0.1:{broken.udp_port}")
+    monitors = CaMonitors()
+    try:
+        waiting = [f"ABSENT:{i}" for i in range(50)]
+        subscribe(monitors, "BROKEN:PV", *waiting)
+        deadline = time.monotonic() + 15
+        while not broken.answered:
+            assert time.monotonic() < deadline, "the client never searched"
+            time.sleep(0.05)
+        context = monitors._context
+        for _ in range(3):
+            time.sleep(context.RESEARCH_PAUSE_S + 0.3)  # the re-search after the failure
+            context._search_again_without_circuit()
+        with monitors._broadcaster._search_lock:
+            names = [item[0] for item in monitors._broadcaster.unanswered_searches.values()]
+        assert sorted(names) == sorted(["BROKEN:PV", *waiting])
+    finally:
+        monitors.close()
+        broken.close()

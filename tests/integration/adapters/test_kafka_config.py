@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from forwarder.adapters.kafka_config import (
     ConfigTopicConsumer,
     StorageTopicReader,
     TopicWriter,
+    end_offset,
     merge_partitions,
 )
 from forwarder.core.config_messages import (
@@ -50,6 +51,53 @@ def test_config_messages_of_one_partition_keep_offset_order_whatever_their_times
     consumer = ConfigTopicConsumer({"bootstrap.servers": kafka_bootstrap}, topic, now_ms - 500)
     try:
         assert _poll_until(consumer, 2) == [b"ADD", b"REMOVE"]
+    finally:
+        consumer.close()
+
+
+def test_message_produced_right_after_the_consumer_starts_is_read(kafka_bootstrap: str) -> None:
+    """The first config message after start is read, however soon it follows, and one
+    from before the start is not.
+
+    A consumer assigned at the logical end of a partition learns where that end is only
+    later, from its own request to the broker; a message written in between was skipped
+    (on Apache Kafka, whose offsets-for-times answers "none" for a time past the end).
+    The producer here is connected beforehand, so its message lands within that window.
+    """
+    topic = unique_topic("cfg_first")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0, "log_level": 0})
+    producer.produce(topic, b"OLD", timestamp=int(time.time() * 1000) - 60_000)
+    assert producer.flush(10.0) == 0
+    consumer = ConfigTopicConsumer({"bootstrap.servers": kafka_bootstrap}, topic)
+    try:
+        producer.produce(topic, b"FIRST")
+        assert producer.flush(10.0) == 0
+        assert _poll_until(consumer, 1, timeout=5.0) == [b"FIRST"]
+    finally:
+        consumer.close()
+
+
+def test_end_offset_is_concrete_so_a_message_right_after_it_is_read(kafka_bootstrap: str) -> None:
+    topic = unique_topic("end_offset")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    for value in (b"a", b"b", b"c"):  # one batch each: Tansu's end counts batches
+        produce(kafka_bootstrap, topic, [value])
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "t", "log_level": 0})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0, "log_level": 0})
+    producer.list_topics(topic, timeout=10.0)  # connected before the race starts
+    try:
+        end = end_offset(consumer, topic, 0)
+        assert end == 3
+        consumer.assign([TopicPartition(topic, 0, end)])
+        producer.produce(topic, b"next")
+        assert producer.flush(10.0) == 0
+        got: list[bytes | None] = []
+        deadline = time.monotonic() + 10.0
+        while not got and time.monotonic() < deadline:
+            got = [m.value() for m in consumer.consume(10, 0.2) if m.error() is None]
+        assert got == [b"next"]
+        assert end_offset(consumer, unique_topic("absent"), 0, timeout_s=1.0) == OFFSET_END
     finally:
         consumer.close()
 

@@ -167,7 +167,16 @@ class OutputTopic:
         self, pv: str, schema: str, count: int, since: int = 0, timeout: float = WAIT
     ) -> list[tuple[Msg, Any]]:
         """Wait until at least `count` `schema` messages of `pv` arrived (from `since`)."""
-        self.reader.wait_for(lambda _m: len(self.of(pv, schema, since)) >= count, timeout)
+        try:
+            self.reader.wait_for(lambda _m: len(self.of(pv, schema, since)) >= count, timeout)
+        except AssertionError as err:
+            per_key: dict[str, int] = {}
+            for m, s, _o in self._decoded[since:]:
+                name = f"{m.key.decode(errors='replace') if m.key else None} {s}"
+                per_key[name] = per_key.get(name, 0) + 1
+            raise AssertionError(
+                f"{err}\nwanted {count} {schema} of {pv}; per key: {per_key}"
+            ) from None
         return self.of(pv, schema, since)
 
     def wait_value(self, pv: str, expected: Any, since: int = 0, timeout: float = WAIT) -> Any:

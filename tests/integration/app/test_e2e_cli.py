@@ -255,8 +255,11 @@ def test_signal_while_forwarding_exits_0_within_5_s(
             fc00_config([("FAKE:SIG", "f144", data.name)], Fc00Protocol.FAKE),
         ]
         produce(kafka_bootstrap, fw.config_topic, configs)
-        for pv in (names[0], names[1], "FAKE:SIG"):
-            data.wait_count(pv, "f144", 3)
+        try:
+            for pv in (names[0], names[1], "FAKE:SIG"):
+                data.wait_count(pv, "f144", 3)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\nforwarder log:\n{fw.log()[-4000:]}") from None
         started = time.monotonic()
         fw.send_signal(sig)
         code = fw.proc.wait(timeout=10)
