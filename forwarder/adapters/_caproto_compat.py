@@ -77,7 +77,7 @@ except ImportError as err:  # pragma: no cover - only with an untested caproto
     _IMPORT_PROBLEM = f"caproto's private modules changed ({err})"
 
 from forwarder.adapters._versions import FastPathGuard, Releases
-from forwarder.core.ratelimit import RepeatLimiter
+from forwarder.core.ratelimit import RateLimitedLogger
 
 #: Largest TCP read handed to the parser at once.
 MAX_TCP_READ = 256 * 1024
@@ -292,26 +292,9 @@ class _InlineExecutor:
 _INLINE = _InlineExecutor()
 
 
-class _CircuitFailures:
-    """Warns of failed CA circuits, at most once a minute per reason (a hung IOC fails
-    every attempt), with how many were held back."""
-
-    def __init__(self) -> None:
-        self._limiter = RepeatLimiter(60.0, max_keys=1000)
-
-    def warn(self, reason: str) -> None:
-        admitted = self._limiter.admit(reason)
-        if admitted is not None:
-            held_back = admitted[0]
-            _log.warning(
-                "CA: connecting to a server that answered a search failed (%s)%s; "
-                "searching again for the PVs that were waiting on it",
-                reason,
-                f" ({held_back} more since the last report)" if held_back else "",
-            )
-
-
-_circuit_failures = _CircuitFailures()
+#: Failed CA circuits, logged at most once a minute per reason (a hung IOC fails every
+#: attempt); reasons are library text, hence bounded.
+_circuit_failures = RateLimitedLogger(_log, 60.0, max_keys=1000)
 
 
 class Broadcaster(SharedBroadcaster):  # type: ignore[misc]
@@ -452,7 +435,12 @@ class InlineContext(Context):  # type: ignore[misc]
                 super()._process_search_results_loop()
                 return
             except Exception as err:  # noqa: BLE001 - this thread must outlive any server
-                _circuit_failures.warn(str(err))
+                _circuit_failures.warning(
+                    str(err),
+                    "CA: connecting to a server that answered a search failed (%s); "
+                    "searching again for the PVs that were waiting on it",
+                    err,
+                )
                 if self._close_event.wait(self.RESEARCH_PAUSE_S):
                     return
                 self._search_again_without_circuit()

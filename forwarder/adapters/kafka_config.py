@@ -96,6 +96,23 @@ def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float 
     return int(high) if high is not None and high >= 0 else OFFSET_END
 
 
+def start_offsets(
+    consumer: Consumer, found: list[TopicPartition], timeout_s: float = 5.0
+) -> list[TopicPartition]:
+    """Where to start reading each partition: the offset that offsets-for-times `found`,
+    or, where it found none (nothing produced since), the partition's end as it is now."""
+    return [
+        TopicPartition(
+            tp.topic,
+            tp.partition,
+            tp.offset
+            if tp.offset >= 0
+            else end_offset(consumer, tp.topic, tp.partition, timeout_s),
+        )
+        for tp in found
+    ]
+
+
 class ConfigTopicConsumer:
     """Yields raw config messages from every partition of the config topic."""
 
@@ -163,13 +180,7 @@ class ConfigTopicConsumer:
                 err,
             )
             found = [TopicPartition(self.topic, p, OFFSET_END) for p in new]
-        start: list[TopicPartition] = []
-        for tp in found:
-            offset = tp.offset
-            if offset < 0:  # nothing produced since we started: from the end as it is now
-                offset = end_offset(self._consumer, self.topic, tp.partition)
-            start.append(TopicPartition(self.topic, tp.partition, offset))
-        self._consumer.incremental_assign(start)
+        self._consumer.incremental_assign(start_offsets(self._consumer, found))
         self._assigned.update(new)
         log.info("config topic %r: reading partitions %s", self.topic, new)
 
@@ -339,18 +350,7 @@ def read_topic(
                     [TopicPartition(topic, p, since_ms) for p in parts],
                     timeout=max(0.1, deadline - time.monotonic()),
                 )
-                starts = [
-                    TopicPartition(
-                        topic,
-                        tp.partition,
-                        tp.offset
-                        if tp.offset >= 0
-                        else end_offset(
-                            consumer, topic, tp.partition, max(0.1, deadline - time.monotonic())
-                        ),
-                    )
-                    for tp in found_at
-                ]
+                starts = start_offsets(consumer, found_at, max(0.1, deadline - time.monotonic()))
             except KafkaException:
                 pass  # read from the start, skipping what is older
         consumer.assign(starts)

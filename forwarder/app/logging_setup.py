@@ -11,8 +11,7 @@ import os
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import graypy
 import graypy.handler
@@ -205,41 +204,3 @@ def teardown_logging() -> None:
         root.removeHandler(handler)
         handler.close()
     _installed.clear()
-
-
-class RateLimitedLogger:
-    """Logs a recurring problem at most once per `interval_s` per key.
-
-    A misbehaving PV can trigger the same warning hundreds of times a second; we keep
-    the first line and report how many were swallowed when the next one is allowed out.
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._limiter = RepeatLimiter(interval_s, clock=clock)
-
-    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
-        """Emit unless `key` was logged within the interval; True when emitted."""
-        admitted = self._limiter.admit(key)
-        if admitted is None:
-            return False
-        suppressed, since_s = admitted
-        text = msg % args if args else msg
-        if suppressed:
-            text += f" ({suppressed} similar message(s) suppressed in the last {since_s:.0f} s)"
-        self._logger.log(level, "%s", text)
-        return True
-
-    def warning(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
-
-    def error(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.ERROR, key, msg, *args)
-
-    def info(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.INFO, key, msg, *args)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from forwarder.app.logging_setup import RateLimitedLogger
+from forwarder.core.ratelimit import RateLimitedLogger
 
 
 class LogReporter:

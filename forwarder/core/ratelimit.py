@@ -10,6 +10,7 @@ so the log only has to tell the story.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -55,3 +56,44 @@ class RepeatLimiter:
                 return None
             self._state[key] = (now, 0)
             return (last[1], now - last[0])
+
+
+class RateLimitedLogger:
+    """Logs a recurring problem at most once per `interval_s` per key.
+
+    A misbehaving PV can trigger the same warning hundreds of times a second; we keep
+    the first line and report how many were swallowed when the next one is allowed out.
+    With `max_keys`, keys may be free text (library error messages); see `RepeatLimiter`.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_keys: int | None = None,
+    ) -> None:
+        self._logger = logger
+        self._limiter = RepeatLimiter(interval_s, max_keys=max_keys, clock=clock)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
+        """Emit unless `key` was logged within the interval; True when emitted."""
+        admitted = self._limiter.admit(key)
+        if admitted is None:
+            return False
+        suppressed, since_s = admitted
+        text = msg % args if args else msg
+        if suppressed:
+            text += f" ({suppressed} similar message(s) suppressed in the last {since_s:.0f} s)"
+        self._logger.log(level, "%s", text)
+        return True
+
+    def warning(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.ERROR, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.INFO, key, msg, *args)

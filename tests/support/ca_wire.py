@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
+import caproto as ca
+
 
 def wire(commands: list[object]) -> bytes:
     """Header and payload buffers of each command, concatenated."""
@@ -23,14 +28,8 @@ class BrokenCaServer:
     """
 
     def __init__(self, names: list[str], *, refuse: bool) -> None:
-        import socket
-        import threading
-
-        import caproto as ca
-
         self.names = set(names)
         self.answered: list[str] = []
-        self._ca = ca
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.udp.settimeout(0.2)
@@ -47,7 +46,6 @@ class BrokenCaServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        ca = self._ca
         server = ca.Broadcaster(our_role=ca.SERVER)
         while not self._stop.is_set():
             try:

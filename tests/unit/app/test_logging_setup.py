@@ -17,7 +17,6 @@ from forwarder.app.cli import parse_args
 from forwarder.app.logging_setup import (
     TRACE,
     LoggingSetupError,
-    RateLimitedLogger,
     register_secret,
     setup_logging,
     teardown_logging,
@@ -173,25 +172,3 @@ def test_registered_secrets_never_reach_any_destination(
         assert secret not in text and other not in text
         assert "connecting with password ***" in text
         assert "auth failed for ***" in text
-
-
-def test_rate_limited_logger_counts_suppressed_lines(caplog: pytest.LogCaptureFixture) -> None:
-    now = [100.0]
-    limited = RateLimitedLogger(logging.getLogger("forwarder.rate"), 10.0, clock=lambda: now[0])
-    caplog.set_level(logging.INFO, logger="forwarder.rate")
-    assert limited.warning("pv:A", "bad timestamp on %s", "A") is True
-    for _ in range(3):
-        now[0] += 2
-        assert limited.warning("pv:A", "bad timestamp on %s", "A") is False
-    assert limited.warning("pv:B", "bad timestamp on %s", "B") is True  # keys are separate
-    now[0] = 110.0
-    assert limited.warning("pv:A", "bad timestamp on %s", "A") is True
-    now[0] = 125.0
-    assert limited.error("pv:A", "50% of updates late") is True  # '%' without args is safe
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert lines == [
-        ("WARNING", "bad timestamp on A"),
-        ("WARNING", "bad timestamp on B"),
-        ("WARNING", "bad timestamp on A (3 similar message(s) suppressed in the last 10 s)"),
-        ("ERROR", "50% of updates late"),
-    ]

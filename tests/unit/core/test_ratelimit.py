@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 import threading
 
-from forwarder.core.ratelimit import RepeatLimiter
+import pytest
+
+from forwarder.core.ratelimit import RateLimitedLogger, RepeatLimiter
 
 
 class Clock:
@@ -55,3 +58,25 @@ def test_counts_are_exact_under_concurrent_callers() -> None:
     limiter.interval_s = 0.0
     result = limiter.admit("k")
     assert result is not None and result[0] == 4 * 1000 - 1  # every held-back call counted
+
+
+def test_rate_limited_logger_counts_suppressed_lines(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    limited = RateLimitedLogger(logging.getLogger("forwarder.rate"), 10.0, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="forwarder.rate")
+    assert limited.warning("pv:A", "bad timestamp on %s", "A") is True
+    for _ in range(3):
+        now[0] += 2
+        assert limited.warning("pv:A", "bad timestamp on %s", "A") is False
+    assert limited.warning("pv:B", "bad timestamp on %s", "B") is True  # keys are separate
+    now[0] = 110.0
+    assert limited.warning("pv:A", "bad timestamp on %s", "A") is True
+    now[0] = 125.0
+    assert limited.error("pv:A", "50% of updates late") is True  # '%' without args is safe
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "bad timestamp on A"),
+        ("WARNING", "bad timestamp on B"),
+        ("WARNING", "bad timestamp on A (3 similar message(s) suppressed in the last 10 s)"),
+        ("ERROR", "50% of updates late"),
+    ]
